@@ -1,0 +1,101 @@
+"""ASE calculator for MD, relaxations and property prediction.
+
+>>> from mlip import MLIPCalculator
+>>> atoms.calc = MLIPCalculator(model="model.pt", device="cpu", dtype="float64")
+>>> atoms.get_potential_energy(), atoms.get_forces(), atoms.get_stress()
+
+Units: energy eV, forces eV/Å, stress eV/Å³ (ASE sign and Voigt order), dipole as trained
+(e·Å for the shipped configs), polarizability 3×3 as trained (Å³).
+
+The model is loaded once; each call rebuilds only the neighbour list and a few small tensors.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from ase.calculators.calculator import Calculator, all_changes
+from ase.stress import full_3x3_to_voigt_6_stress
+
+from mlip.data.graph import atoms_to_graph
+from mlip.data.reading import check_structure, normalise_pbc
+from mlip.errors import MLIPError
+from mlip.model.potential import MLIPModel, load_model
+
+_DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+
+class MLIPCalculator(Calculator):
+    """ASE calculator around an :class:`~mlip.model.potential.MLIPModel`.
+
+    Args:
+        model: path to a ``model.pt`` written by ``mlip train`` (loaded with
+            ``weights_only=True``), or an ``MLIPModel`` instance.
+        device: ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``"auto"``.
+        dtype: ``"float64"`` (default, for MD) or ``"float32"`` (faster).
+        min_distance: raise if two atoms come closer than this (Å); 0 disables.
+    """
+
+    implemented_properties = ["energy", "free_energy", "energies", "forces", "stress", "dipole",
+                              "polarizability"]
+
+    def __init__(self, model: str | MLIPModel, device: str = "auto", dtype: str = "float64",
+                 min_distance: float = 0.0, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        if dtype not in _DTYPES:
+            raise MLIPError(f"dtype must be float32 or float64, got {dtype!r}")
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.device = torch.device(device)
+        self.dtype = _DTYPES[dtype]
+        if isinstance(model, MLIPModel):
+            self.model = model.to(device=self.device, dtype=self.dtype).eval()
+        else:
+            self.model = load_model(str(model), self.device, self.dtype)
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+        self.min_distance = float(min_distance)
+        self.cutoff = self.model.cutoff
+        self._known_numbers = set(self.model.species)
+        self._checked_numbers: bytes | None = None
+        names = set(self.model.tensor_target_names)
+        self.tensor_names = names
+        self.has_energy = self.model.has_energy
+
+    def _check(self, atoms) -> None:
+        key = atoms.numbers.tobytes()
+        if key != self._checked_numbers:
+            check_structure(atoms, "atoms", allowed_numbers=self._known_numbers)
+            self._checked_numbers = key
+        if not np.all(np.isfinite(atoms.positions)):
+            raise MLIPError("atoms: positions contain NaN or Inf")
+
+    def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes) -> None:
+        super().calculate(atoms, properties, system_changes)
+        atoms = normalise_pbc(self.atoms)
+        self._check(atoms)
+        graph = atoms_to_graph(atoms, self.cutoff, min_distance=self.min_distance, source="atoms",
+                               dtype=self.dtype).to(self.device)
+        periodic = bool(np.all(atoms.pbc))
+        want_stress = periodic and self.has_energy and "stress" in properties
+        out = self.model(graph, compute_forces=self.has_energy, compute_stress=want_stress)
+        results: dict[str, Any] = {}
+        if self.has_energy:
+            energy = float(out["energy"].detach().cpu()[0])
+            results["energy"] = energy
+            results["free_energy"] = energy
+            results["energies"] = out["node_energy"].detach().cpu().numpy().astype(np.float64)
+            results["forces"] = out["forces"].detach().cpu().numpy().astype(np.float64)
+            if want_stress:
+                stress = out["stress"].detach().cpu().numpy()[0].astype(np.float64)
+                results["stress"] = full_3x3_to_voigt_6_stress(stress)
+        for name in self.tensor_names:
+            value = out[name].detach().cpu().numpy().astype(np.float64)
+            value = value[0] if value.shape[0] == 1 and not self._per_atom(name) else value
+            results[name] = value
+        self.results = results
+
+    def _per_atom(self, name: str) -> bool:
+        return any(s.name == name and s.per_atom for s in self.model.target_specs)

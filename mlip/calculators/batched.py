@@ -1,0 +1,54 @@
+"""Batched inference over many structures (used by ``mlip eval`` and ``mlip predict``)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+import ase
+import numpy as np
+import torch
+from torch_geometric.data import Batch
+from tqdm import tqdm
+
+from mlip.data.graph import atoms_to_graph
+from mlip.data.reading import check_structure, normalise_pbc
+from mlip.errors import where
+from mlip.model.potential import MLIPModel
+
+
+def predict_batches(
+    model: MLIPModel,
+    structures: Sequence[ase.Atoms],
+    batch_size: int = 32,
+    device: torch.device | str = "cpu",
+    source: str = "input",
+    progress: bool = False,
+    labels: Sequence[dict] | None = None,
+) -> Iterator[tuple[Batch, dict[str, torch.Tensor], list[int]]]:
+    """Yield ``(batch, predictions, structure indices)`` for consecutive batches.
+
+    Every structure is validated first (known elements, finite positions, sane cell), with errors
+    naming ``source`` and the structure index. Stress is computed for batches whose structures are
+    all periodic.
+    """
+    dtype = next(model.parameters()).dtype
+    names = {s.name for s in model.target_specs}
+    known = set(model.species)
+    bar = tqdm(total=len(structures), disable=not progress, desc="predict", unit="struct")
+    for start in range(0, len(structures), batch_size):
+        idx = list(range(start, min(start + batch_size, len(structures))))
+        graphs = []
+        for i in idx:
+            atoms = normalise_pbc(structures[i])
+            check_structure(atoms, where(source, i), allowed_numbers=known)
+            graphs.append(atoms_to_graph(atoms, model.cutoff, labels[i] if labels else None,
+                                         {s.name: s for s in model.target_specs}, source=where(source, i),
+                                         dtype=dtype))
+        batch = Batch.from_data_list(graphs).to(device)
+        periodic = all(bool(np.all(structures[i].pbc)) for i in idx)
+        with torch.enable_grad():
+            pred = model(batch, compute_forces=model.has_energy,
+                         compute_stress=periodic and model.has_energy and ("stress" in names or periodic))
+        yield batch, {k: v.detach() for k, v in pred.items()}, idx
+        bar.update(len(idx))
+    bar.close()

@@ -1,0 +1,1 @@
+"""Data layer: structure files → labelled structures → neighbour graphs → batches."""

@@ -1,0 +1,178 @@
+"""In-memory datasets: read, split, compute statistics, build graphs, batch."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import ase.data
+import numpy as np
+import torch
+from torch_geometric.data import Data
+from torch_geometric.loader import DataLoader
+
+from mlip.data.graph import atoms_to_graph
+from mlip.data.reading import LabelledStructure, is_isolated_atom, read_labelled
+from mlip.data.statistics import energy_scale_shift, fit_e0s
+from mlip.errors import MLIPError
+from mlip.targets import TargetSpec
+
+
+@dataclass
+class DatasetStatistics:
+    """What the model needs from the training data.
+
+    Attributes:
+        species: sorted atomic numbers.
+        e0s: atomic number → reference energy (eV).
+        scale: eV (RMS force or per-atom energy spread).
+        shift: eV per atom.
+        avg_num_neighbours: mean neighbours per atom within the cutoff.
+        tensor_scales: tensor target name → RMS of its per-atom-normalised label.
+    """
+
+    species: list[int]
+    e0s: dict[int, float] = field(default_factory=dict)
+    scale: float = 1.0
+    shift: float = 0.0
+    avg_num_neighbours: float = 10.0
+    tensor_scales: dict[str, float] = field(default_factory=dict)
+
+
+def parse_e0s(setting: object, source: str) -> dict[int, float] | str:
+    """Config ``e0s`` → ``"auto" | "fit" | "zero"`` or ``{atomic number: eV}``."""
+    if isinstance(setting, str):
+        if setting in ("auto", "fit", "zero"):
+            return setting
+        if os.path.isfile(setting):  # a file of isolated atoms with energies
+            from mlip.data.reading import read_labelled
+            from mlip.targets import TargetSpec
+
+            spec = TargetSpec(name="energy", kind="energy", key="energy")
+            atoms = read_labelled(setting, [spec])
+            single = [s for s in atoms if len(s.atoms) == 1]
+            if not single:
+                raise MLIPError(f"{setting}: no single-atom structures to take E0s from")
+            return {int(s.atoms.numbers[0]): float(s.labels["energy"]) for s in single}
+        raise MLIPError(f"{source}: 'data.e0s' must be auto, fit, zero, a file of isolated atoms, "
+                        f"or a mapping element → eV (got {setting!r})")
+    if isinstance(setting, dict):
+        out = {}
+        for key, value in setting.items():
+            if isinstance(key, str) and key in ase.data.atomic_numbers:
+                z = ase.data.atomic_numbers[key]
+            elif isinstance(key, int) and 0 < key < 119:
+                z = key
+            else:
+                raise MLIPError(f"{source}: 'data.e0s' has an unknown element {key!r}")
+            out[z] = float(value)
+        return out
+    raise MLIPError(f"{source}: 'data.e0s' must be auto, fit, zero or a mapping element → eV")
+
+
+def split_isolated(structures: Sequence[LabelledStructure]) -> tuple[list, dict[int, float]]:
+    """Separate isolated-atom structures (their energies become E0s) from the rest."""
+    rest, e0s = [], {}
+    for s in structures:
+        if is_isolated_atom(s.atoms) and len(s.atoms) == 1:
+            if "energy" in s.labels:
+                e0s[int(s.atoms.numbers[0])] = float(s.labels["energy"])
+        else:
+            rest.append(s)
+    return rest, e0s
+
+
+def compute_statistics(
+    structures: Sequence[LabelledStructure],
+    specs: Sequence[TargetSpec],
+    e0_setting: dict[int, float] | str,
+    isolated_e0s: dict[int, float],
+    avg_num_neighbours: float,
+    extra_species: Sequence[int] = (),
+) -> DatasetStatistics:
+    """E0s, scale/shift and tensor scales from the training structures."""
+    species = sorted({int(z) for s in structures for z in s.atoms.numbers} | set(extra_species))
+    names = {s.name for s in specs}
+    has_energy = "energy" in names
+    if not has_energy:
+        e0s = {z: 0.0 for z in species}
+    elif isinstance(e0_setting, dict):
+        missing = [ase.data.chemical_symbols[z] for z in species if z not in e0_setting]
+        if missing:
+            raise MLIPError(f"data.e0s: no reference energy for {', '.join(missing)}")
+        e0s = {z: e0_setting[z] for z in species}
+    elif e0_setting == "zero":
+        e0s = {z: 0.0 for z in species}
+    elif e0_setting == "auto":
+        e0s = fit_e0s(structures, species, fixed={z: v for z, v in isolated_e0s.items() if z in species})
+    else:
+        e0s = fit_e0s(structures, species)
+    stats = DatasetStatistics(species=species, e0s=e0s, avg_num_neighbours=avg_num_neighbours)
+    if has_energy:
+        stats.scale, stats.shift = energy_scale_shift(structures, e0s, "forces" in names)
+    for spec in specs:
+        if spec.is_tensor:
+            values = []
+            for s in structures:
+                label = np.asarray(s.labels[spec.name], dtype=np.float64)
+                values.append((label / (1.0 if spec.per_atom else len(s.atoms))).reshape(-1))
+            flat = np.concatenate(values) if values else np.ones(1)
+            rms = float(np.sqrt(np.mean(flat**2)))
+            stats.tensor_scales[spec.name] = rms if rms > 1e-12 else 1.0
+    return stats
+
+
+def to_graphs(
+    structures: Sequence[LabelledStructure],
+    cutoff: float,
+    specs: Sequence[TargetSpec],
+    min_distance: float,
+    dtype: torch.dtype,
+) -> list[Data]:
+    """Graphs with labels for every structure."""
+    by_name = {s.name: s for s in specs}
+    return [
+        atoms_to_graph(s.atoms, cutoff, s.labels, by_name, min_distance, s.source, dtype)
+        for s in structures
+    ]
+
+
+def average_neighbours(graphs: Sequence[Data]) -> float:
+    """Mean number of neighbours per atom."""
+    atoms = sum(g.num_nodes for g in graphs)
+    edges = sum(g.edge_index.shape[1] for g in graphs)
+    return edges / max(atoms, 1)
+
+
+def split_train_valid(
+    items: list, fraction: float, seed: int
+) -> tuple[list, list]:
+    """Seeded random split; returns (train, valid)."""
+    if fraction <= 0 or len(items) < 2:
+        return items, []
+    order = np.random.default_rng(seed).permutation(len(items))
+    n_valid = max(1, int(round(fraction * len(items))))
+    valid = [items[i] for i in sorted(order[:n_valid])]
+    train = [items[i] for i in sorted(order[n_valid:])]
+    return train, valid
+
+
+def make_loader(graphs: Sequence[Data], batch_size: int, shuffle: bool, seed: int = 0,
+                num_workers: int = 0) -> DataLoader:
+    """torch-geometric loader; ``seed`` fixes the shuffling order (set per epoch by the trainer)."""
+    generator = torch.Generator().manual_seed(seed) if shuffle else None
+    return DataLoader(list(graphs), batch_size=batch_size, shuffle=shuffle, generator=generator,
+                      num_workers=num_workers)
+
+
+def read_for_training(path: str, specs: Sequence[TargetSpec], fmt: str | None = None,
+                      max_structures: int | None = None) -> tuple[list[LabelledStructure], dict[int, float]]:
+    """Read a training/validation file: (non-isolated structures, isolated-atom E0s)."""
+    structures = read_labelled(path, specs, fmt=fmt)
+    rest, e0s = split_isolated(structures)
+    if max_structures is not None:
+        rest = rest[:max_structures]
+    if not rest:
+        raise MLIPError(f"{path}: no structures left after removing isolated atoms")
+    return rest, e0s

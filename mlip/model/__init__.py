@@ -1,0 +1,1 @@
+"""Model layer: radial basis, spherical harmonics, scalar backbone, heads, λ-tensor bases."""

@@ -1,0 +1,229 @@
+"""The full model: backbone → heads → energy, forces, stress (and tensor targets).
+
+``E = Σ_i (scale · ε_i + shift + E0[Z_i])`` in eV; ``F = −∂E/∂r`` (eV/Å) and the stress
+``σ = (1/V) ∂E/∂ε`` (eV/Å³, ASE sign: positive when the cell wants to shrink... i.e. the
+derivative of the energy with respect to a symmetric strain ε applied as r ↦ r(1+ε),
+cell ↦ cell(1+ε)), both by autograd, so they are exact derivatives of the predicted energy.
+The virial is ``W = −V σ``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from mlip.model.backbone import ScalarBackbone
+from mlip.model.heads import EnergyHead
+from mlip.targets import TargetSpec
+
+MODEL_FORMAT_VERSION = 1
+
+
+def _scatter_sum(values: torch.Tensor, index: torch.Tensor, size: int) -> torch.Tensor:
+    out = values.new_zeros((size, *values.shape[1:]))
+    return out.index_add(0, index, values)
+
+
+class MLIPModel(nn.Module):
+    """Energy model with optional tensor heads.
+
+    Args:
+        species: atomic numbers the model knows, e.g. ``[1, 6, 8]``.
+        cutoff: Å.
+        e0s: atomic reference energies, atomic number → eV.
+        scale: eV, multiplies the network's atomic energies.
+        shift: eV per atom.
+        targets: the target specs (energy/forces/stress and tensor targets).
+        backbone: keyword arguments of :class:`~mlip.model.backbone.ScalarBackbone`.
+        readout_hidden: width of the energy head MLP.
+        tensor: keyword arguments of the tensor heads (see :mod:`mlip.model.tensor_heads`).
+    """
+
+    def __init__(
+        self,
+        species: list[int],
+        cutoff: float,
+        e0s: dict[int, float] | None = None,
+        scale: float = 1.0,
+        shift: float = 0.0,
+        targets: list[dict] | None = None,
+        backbone: dict[str, Any] | None = None,
+        readout_hidden: int = 64,
+        tensor: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        species = sorted(int(z) for z in species)
+        backbone = dict(backbone or {})
+        tensor = dict(tensor or {})
+        targets = list(targets or [{"name": "energy", "kind": "energy", "key": "energy"}])
+        self.hyperparameters = {
+            "species": species,
+            "cutoff": float(cutoff),
+            "e0s": {int(z): float(v) for z, v in (e0s or {}).items()},
+            "scale": float(scale),
+            "shift": float(shift),
+            "targets": targets,
+            "backbone": backbone,
+            "readout_hidden": readout_hidden,
+            "tensor": tensor,
+        }
+        self.species = species
+        self.cutoff = float(cutoff)
+        self.target_specs = [TargetSpec(**{k: v for k, v in t.items() if k != "irreps"},
+                                        irreps=tuple(tuple(x) for x in t.get("irreps", ())))
+                             for t in targets]
+        z_to_index = torch.full((119,), -1, dtype=torch.long)
+        z_to_index[torch.tensor(species)] = torch.arange(len(species))
+        self.register_buffer("z_to_index", z_to_index, persistent=False)
+        e0 = torch.zeros(len(species))
+        for k, z in enumerate(species):
+            e0[k] = float(self.hyperparameters["e0s"].get(z, 0.0))
+        self.register_buffer("e0", e0)
+        self.register_buffer("scale", torch.tensor(float(scale)))
+        self.register_buffer("shift", torch.tensor(float(shift)))
+        self.backbone = ScalarBackbone(num_species=len(species), cutoff=cutoff, **backbone)
+        num_layers = len(self.backbone.layers)
+        self.has_energy = any(s.kind in ("energy", "forces", "stress") for s in self.target_specs)
+        self.energy_head = EnergyHead(self.backbone.channels, num_layers, readout_hidden)
+        tensor_specs = [s for s in self.target_specs if s.is_tensor]
+        self.tensor_heads: nn.Module | None = None
+        if tensor_specs:
+            from mlip.model.tensor_heads import TensorHeads
+
+            self.tensor_heads = TensorHeads(self.backbone.channels, tensor_specs, **tensor)
+
+    # ------------------------------------------------------------------ helpers
+    @property
+    def tensor_target_names(self) -> list[str]:
+        return [s.name for s in self.target_specs if s.is_tensor]
+
+    def species_index(self, numbers: torch.Tensor) -> torch.Tensor:
+        """Atomic numbers ``[N]`` → species indices ``[N]`` (−1 for unknown elements)."""
+        return self.z_to_index[numbers]
+
+    # ------------------------------------------------------------------ forward
+    def forward(
+        self,
+        data: Any,
+        compute_forces: bool = True,
+        compute_stress: bool = False,
+        training: bool = False,
+    ) -> dict[str, torch.Tensor]:
+        """Predict every target for a batch.
+
+        Args:
+            data: a ``torch_geometric`` ``Data``/``Batch`` with ``pos`` [N,3], ``numbers`` [N],
+                ``edge_index`` [2,E], ``unit_shifts`` [E,3], ``cell`` [G,3,3] and ``batch`` [N]
+                (absent for a single structure).
+            compute_forces: also return ``forces`` [N,3] (eV/Å).
+            compute_stress: also return ``stress`` and ``virial`` [G,3,3] (periodic cells).
+            training: keep the graph of the derivatives (for losses on forces/stress).
+
+        Returns:
+            ``energy`` [G] eV, ``node_energy`` [N] eV, optionally ``forces``, ``stress``,
+            ``virial``, and every tensor target (per structure [G, ...] or per atom [N, ...]).
+        """
+        pos = data.pos
+        n_atoms = pos.shape[0]
+        batch = getattr(data, "batch", None)
+        if batch is None:
+            batch = torch.zeros(n_atoms, dtype=torch.long, device=pos.device)
+        cell = data.cell.view(-1, 3, 3)
+        num_graphs = cell.shape[0]
+        receivers, senders = data.edge_index[0], data.edge_index[1]
+
+        need_grad = (compute_forces or compute_stress) and self.has_energy
+        strain = None
+        if need_grad:
+            pos = pos.detach().requires_grad_(True) if not pos.requires_grad else pos
+        if compute_stress and self.has_energy:
+            strain = torch.zeros(num_graphs, 3, 3, dtype=pos.dtype, device=pos.device, requires_grad=True)
+            sym = 0.5 * (strain + strain.transpose(1, 2))
+            pos_strained = pos + torch.bmm(pos.unsqueeze(1), sym[batch]).squeeze(1)
+            cell = cell + torch.bmm(cell, sym)
+        else:
+            pos_strained = pos
+        shifts = torch.bmm(data.unit_shifts.unsqueeze(1), cell[batch[receivers]]).squeeze(1)
+        edge_vectors = pos_strained[senders] - pos_strained[receivers] + shifts
+
+        species = self.species_index(data.numbers)
+        features, l1_density = self.backbone(species, data.edge_index, edge_vectors)
+
+        out: dict[str, torch.Tensor] = {}
+        if self.has_energy:
+            eps = self.energy_head(features)
+            node_energy = self.scale * eps + self.shift + self.e0[species]
+            energy = _scatter_sum(node_energy, batch, num_graphs)
+            out["energy"] = energy
+            out["node_energy"] = node_energy
+            if need_grad:
+                inputs = [pos] + ([strain] if strain is not None else [])
+                grads = torch.autograd.grad(
+                    energy.sum(), inputs, create_graph=training, retain_graph=training or
+                    self.tensor_heads is not None,
+                )
+                if compute_forces:
+                    out["forces"] = -grads[0]
+                if strain is not None:
+                    volume = torch.linalg.det(data.cell.view(-1, 3, 3)).abs()
+                    dE_deps = grads[1]
+                    out["virial"] = -dE_deps
+                    out["stress"] = dE_deps / volume.clamp_min(1e-12).view(-1, 1, 1)
+        if self.tensor_heads is not None:
+            out.update(self.tensor_heads(features, l1_density, batch, num_graphs))
+        return out
+
+
+def model_payload(model: MLIPModel) -> dict:
+    """Plain dict (hyperparameters, weights, format version) that :func:`model_from_payload` reads."""
+    from mlip import __version__
+
+    return {
+        "format": "mlip-model",
+        "format_version": MODEL_FORMAT_VERSION,
+        "mlip_version": __version__,
+        "hyperparameters": model.hyperparameters,
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+    }
+
+
+def save_model(model: MLIPModel, path: str) -> None:
+    """Write a self-contained model file (hyperparameters + weights), atomically."""
+    from mlip.training.checkpoint import atomic_torch_save
+
+    atomic_torch_save(model_payload(model), path)
+
+
+def model_from_payload(payload: dict, source: str = "model") -> MLIPModel:
+    """Rebuild a model from the dict written by :func:`save_model`."""
+    from mlip.errors import MLIPError
+
+    if not isinstance(payload, dict) or payload.get("format") != "mlip-model":
+        raise MLIPError(f"{source}: not an mlip model file")
+    version = payload.get("format_version")
+    if version != MODEL_FORMAT_VERSION:
+        raise MLIPError(
+            f"{source}: model format version {version} is not supported by this mlip "
+            f"(expects {MODEL_FORMAT_VERSION}); re-export it with a matching mlip version"
+        )
+    model = MLIPModel(**payload["hyperparameters"])
+    missing, unexpected = model.load_state_dict(payload["state_dict"], strict=False)
+    if missing or unexpected:
+        raise MLIPError(f"{source}: weights do not match the architecture (missing {missing[:3]}, "
+                        f"unexpected {unexpected[:3]})")
+    return model
+
+
+def load_model(path: str, device: str | torch.device = "cpu", dtype: torch.dtype | None = None) -> MLIPModel:
+    """Load a model file safely (``torch.load(weights_only=True)``: no code runs from the file)."""
+    from mlip.training.checkpoint import safe_torch_load
+
+    payload = safe_torch_load(path)
+    if isinstance(payload, dict) and payload.get("format") == "mlip-checkpoint":
+        payload = payload["model"]
+    model = model_from_payload(payload, source=str(path))
+    if dtype is not None:
+        model = model.to(dtype)
+    return model.to(device).eval()

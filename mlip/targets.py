@@ -1,0 +1,95 @@
+"""What a model can learn: the target specifications shared by data, model and training.
+
+A target has a *name* (how the model and the metrics call it), a *key* (where the label sits in
+the structure file), a *kind* and a per-structure or per-atom *shape*:
+
+=============  ==========================  =======================  ================
+kind           example names               shape (per structure)    units
+=============  ==========================  =======================  ================
+energy         energy                      ()                       eV
+forces         forces                      (N, 3) per atom          eV/Å
+stress         stress                      (3, 3)                   eV/Å³ (ASE sign)
+vector         dipole, per-atom dipoles    (3,) or (N, 3)           as labelled
+rank2          polarizability, Born charges (3, 3) or (N, 3, 3)     as labelled
+spherical      EFG (λ=2), any (λ, σ) list  (Σ(2λ+1),) or (N, ·)     as labelled
+=============  ==========================  =======================  ================
+
+Energy, forces and stress come from one scalar energy model (forces and stress are autograd
+derivatives). Vector, rank-2 and spherical targets are tensor heads (scalar coefficients × λ-basis).
+``unit_factor`` multiplies the values read from the file (e.g. 0.148185 for bohr³ → Å³).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+BOHR_TO_ANGSTROM = 0.529177210903
+UNIT_FACTORS = {
+    "": 1.0,
+    "eV": 1.0,
+    "Hartree": 27.211386245988,
+    "kcal/mol": 0.0433641043,
+    "meV": 1e-3,
+    "angstrom": 1.0,
+    "bohr": BOHR_TO_ANGSTROM,
+    "angstrom3": 1.0,
+    "bohr3": BOHR_TO_ANGSTROM**3,
+    "e*angstrom": 1.0,
+    "e*bohr": BOHR_TO_ANGSTROM,
+    "debye": 0.20819434,
+}
+
+ENERGY_KINDS = ("energy", "forces", "stress")
+TENSOR_KINDS = ("vector", "rank2", "spherical")
+
+
+@dataclass(frozen=True)
+class TargetSpec:
+    """One learnable quantity.
+
+    Attributes:
+        name: output name (``energy``, ``forces``, ``stress``, ``dipole``, ...).
+        kind: one of ``energy``, ``forces``, ``stress``, ``vector``, ``rank2``, ``spherical``.
+        key: label key in ``atoms.info`` / ``atoms.arrays`` / calculator results.
+        per_atom: label given per atom (shape ``[N, ...]``) instead of per structure.
+        irreps: for tensor kinds, the ``(λ, σ)`` blocks the head predicts.
+        weight: loss weight.
+        unit_factor: multiplies file values to get model units.
+        virial_key: for ``stress`` only, alternative key holding the virial (eV); converted
+            with ``stress = -virial / volume``.
+    """
+
+    name: str
+    kind: str
+    key: str
+    per_atom: bool = False
+    irreps: tuple[tuple[int, int], ...] = ()
+    weight: float = 1.0
+    unit_factor: float = 1.0
+    virial_key: str | None = None
+    symmetric: bool = True
+    extra: dict = field(default_factory=dict, compare=False, hash=False)
+
+    @property
+    def is_tensor(self) -> bool:
+        return self.kind in TENSOR_KINDS
+
+    @property
+    def label_shape(self) -> tuple[int, ...]:
+        """Shape of one structure's label (per atom: of one atom's label)."""
+        if self.kind == "energy":
+            return ()
+        if self.kind in ("forces", "vector"):
+            return (3,)
+        if self.kind in ("stress", "rank2"):
+            return (3, 3)
+        return (sum(2 * lam + 1 for lam, _ in self.irreps),)
+
+
+def default_irreps(kind: str, symmetric: bool = True) -> tuple[tuple[int, int], ...]:
+    """(λ, σ) blocks a Cartesian target decomposes into."""
+    if kind == "vector":
+        return ((1, 1),)
+    if kind == "rank2":
+        return ((0, 1), (2, 1)) if symmetric else ((0, 1), (1, -1), (2, 1))
+    raise ValueError(kind)

@@ -1,0 +1,1 @@
+"""Training layer: YAML config, losses, metrics, trainer, atomic checkpoints."""

@@ -1,0 +1,316 @@
+"""Training configuration: YAML → validated dataclasses, with dotted command-line overrides.
+
+Unknown keys are reported with a "did you mean" suggestion and wrong types with the expected
+type, both as one-line :class:`~mlip.errors.MLIPError` messages naming the config file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+
+from mlip.errors import MLIPError
+from mlip.targets import ENERGY_KINDS, TENSOR_KINDS, UNIT_FACTORS, TargetSpec, default_irreps
+
+
+@dataclass
+class DataConfig:
+    """Where the structures are and how graphs are built."""
+
+    train_file: str = ""
+    valid_file: str | None = None
+    test_file: str | None = None
+    valid_fraction: float = 0.1
+    max_structures: int | None = None  # take the first N training structures (quick runs)
+    format: str | None = None  # ase.io format; None = guess from the extension
+    cutoff: float = 5.0  # Å
+    min_distance: float = 0.1  # Å; closer atoms are an input error
+    e0s: Any = "auto"  # "auto" (isolated atoms, else fit) | "fit" | "zero" | {element: eV}
+
+
+@dataclass
+class ModelConfig:
+    """Architecture hyperparameters (see mlip.model.backbone)."""
+
+    channels: int = 64
+    num_layers: int = 2
+    lmax: int = 3
+    num_radial: int = 8
+    radial_hidden: int = 64
+    readout_hidden: int = 64
+    num_vectors: int = 4  # learned vectors per atom for tensor λ-bases
+    tensor_hidden: int = 64
+
+
+@dataclass
+class TargetConfig:
+    """One entry of ``targets:``. Names energy/forces/stress are the energy model's outputs."""
+
+    key: str = ""
+    weight: float = 1.0
+    type: str | None = None  # vector | rank2 | spherical (tensor targets)
+    per_atom: bool = False
+    irreps: list | None = None  # spherical: [[λ, σ], ...]
+    symmetric: bool = True  # rank2: drop the antisymmetric (λ=1, σ=−1) part
+    unit: str | None = None  # a name from mlip.targets.UNIT_FACTORS
+    unit_factor: float | None = None  # or an explicit factor (file value × factor)
+    virial_key: str | None = None  # stress only
+
+
+@dataclass
+class TrainingConfig:
+    """Optimisation settings."""
+
+    batch_size: int = 8
+    valid_batch_size: int = 32
+    max_epochs: int = 100
+    optimizer: str = "adam"  # adam | adamw
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    scheduler: str = "plateau"  # plateau | cosine | none
+    lr_factor: float = 0.5
+    scheduler_patience: int = 5
+    min_lr: float = 1e-6
+    ema_decay: float | None = 0.99  # None disables EMA
+    clip_grad_norm: float | None = 10.0
+    early_stopping_patience: int | None = 30
+    num_workers: int = 0
+    max_time_minutes: float | None = None  # stop after this wall-clock budget
+    skip_nan_batches: int = 10  # consecutive NaN/Inf losses tolerated before stopping
+
+
+@dataclass
+class LoggingConfig:
+    """Progress bar, CSV metrics and Weights & Biases."""
+
+    progress_bar: bool = True
+    wandb: bool = False
+    wandb_project: str = "mlip"
+    wandb_mode: str = "offline"  # online | offline | disabled
+    wandb_name: str | None = None
+
+
+@dataclass
+class Config:
+    """Top-level config of ``mlip train``."""
+
+    output_dir: str = "runs/default"
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    dtype: str = "float32"  # float32 | float64
+    resume: bool = False
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    targets: dict[str, TargetConfig] = field(
+        default_factory=lambda: {"energy": TargetConfig(key="energy"), "forces": TargetConfig(key="forces")}
+    )
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+
+    # ---------------------------------------------------------------- derived
+    def target_specs(self) -> list[TargetSpec]:
+        """The targets as :class:`TargetSpec` (energy first)."""
+        specs = []
+        for name, tc in self.targets.items():
+            factor = 1.0
+            if tc.unit_factor is not None:
+                factor = float(tc.unit_factor)
+            elif tc.unit is not None:
+                factor = UNIT_FACTORS[tc.unit]
+            if name in ENERGY_KINDS:
+                kind, irreps = name, ()
+            else:
+                kind = tc.type or ""
+                if kind == "spherical":
+                    irreps = tuple((int(lam), int(sig)) for lam, sig in (tc.irreps or []))
+                else:
+                    irreps = default_irreps(kind, tc.symmetric)
+            specs.append(
+                TargetSpec(
+                    name=name, kind=kind, key=tc.key or name, per_atom=tc.per_atom or name == "forces",
+                    irreps=irreps, weight=float(tc.weight), unit_factor=factor,
+                    virial_key=tc.virial_key, symmetric=tc.symmetric,
+                )
+            )
+        return sorted(specs, key=lambda s: (s.kind not in ENERGY_KINDS, ENERGY_KINDS.index(s.kind)
+                                            if s.kind in ENERGY_KINDS else 0))
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+# -------------------------------------------------------------------- parsing
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", str(tp).replace("typing.", ""))
+
+
+def _check_type(value: Any, tp: Any, loc: str, source: str) -> Any:
+    origin = typing.get_origin(tp)
+    if tp is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _check_type(value, arg, loc, source)
+            except MLIPError as err:
+                errors.append(str(err))
+        names = " or ".join(_type_name(a) for a in args)
+        raise MLIPError(f"{source}: '{loc}' should be {names}, got {value!r}")
+    if origin is list:
+        if not isinstance(value, list):
+            raise MLIPError(f"{source}: '{loc}' should be a list, got {value!r}")
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise MLIPError(f"{source}: '{loc}' should be true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise MLIPError(f"{source}: '{loc}' should be an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise MLIPError(f"{source}: '{loc}' should be a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise MLIPError(f"{source}: '{loc}' should be a string, got {value!r}")
+        return value
+    return value
+
+
+def _build(cls: type, raw: Any, loc: str, source: str) -> Any:
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise MLIPError(f"{source}: '{loc or 'top level'}' should be a mapping, got {raw!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in raw.items():
+        where = f"{loc}.{key}" if loc else str(key)
+        if key not in names:
+            close = difflib.get_close_matches(str(key), names, n=1, cutoff=0.6)
+            hint = f" (did you mean '{close[0]}'?)" if close else f" (known: {', '.join(names)})"
+            raise MLIPError(f"{source}: unknown key '{where}'{hint}")
+        tp = hints[key]
+        if dataclasses.is_dataclass(tp):
+            kwargs[key] = _build(tp, value, where, source)
+        elif key == "targets" and cls is Config:
+            if not isinstance(value, dict) or not value:
+                raise MLIPError(f"{source}: 'targets' should be a non-empty mapping of name → settings")
+            kwargs[key] = {str(n): _build(TargetConfig, v, f"targets.{n}", source) for n, v in value.items()}
+        else:
+            kwargs[key] = _check_type(value, tp, where, source)
+    return cls(**kwargs)
+
+
+def _validate(cfg: Config, source: str) -> None:
+    choices = {
+        "device": (cfg.device, lambda v: v in ("auto", "cpu", "cuda") or v.startswith("cuda:")),
+        "dtype": (cfg.dtype, lambda v: v in ("float32", "float64")),
+        "training.optimizer": (cfg.training.optimizer, lambda v: v in ("adam", "adamw")),
+        "training.scheduler": (cfg.training.scheduler, lambda v: v in ("plateau", "cosine", "none")),
+        "logging.wandb_mode": (cfg.logging.wandb_mode, lambda v: v in ("online", "offline", "disabled")),
+    }
+    for key, (value, ok) in choices.items():
+        if not ok(value):
+            raise MLIPError(f"{source}: '{key}' has an invalid value {value!r}")
+    if not cfg.data.train_file:
+        raise MLIPError(f"{source}: 'data.train_file' is required")
+    if cfg.data.cutoff <= 0:
+        raise MLIPError(f"{source}: 'data.cutoff' must be positive")
+    if not 0.0 <= cfg.data.valid_fraction < 1.0:
+        raise MLIPError(f"{source}: 'data.valid_fraction' must be in [0, 1)")
+    for name in ("batch_size", "max_epochs"):
+        if getattr(cfg.training, name) < 1:
+            raise MLIPError(f"{source}: 'training.{name}' must be at least 1")
+    for name, tc in cfg.targets.items():
+        if name in ENERGY_KINDS:
+            continue
+        if tc.type not in TENSOR_KINDS:
+            raise MLIPError(
+                f"{source}: target '{name}' needs 'type' (one of {', '.join(TENSOR_KINDS)}); "
+                f"energy targets must be named energy, forces or stress"
+            )
+        if tc.type == "spherical":
+            irreps = tc.irreps or []
+            ok = irreps and all(isinstance(x, list) and len(x) == 2 and x[1] in (1, -1) and
+                                isinstance(x[0], int) and x[0] >= 0 for x in irreps)
+            if not ok:
+                raise MLIPError(f"{source}: target '{name}' needs 'irreps' like [[2, 1]] (λ ≥ 0, σ = ±1)")
+        if tc.unit is not None and tc.unit not in UNIT_FACTORS:
+            close = difflib.get_close_matches(tc.unit, list(UNIT_FACTORS), n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            raise MLIPError(f"{source}: target '{name}' has unknown unit '{tc.unit}'{hint}")
+    if "forces" in cfg.targets or "stress" in cfg.targets:
+        if "energy" not in cfg.targets:
+            raise MLIPError(f"{source}: forces/stress targets need an 'energy' target")
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``"training.max_epochs=2"`` → ``(["training", "max_epochs"], 2)`` (value parsed as YAML)."""
+    if "=" not in text:
+        raise MLIPError(f"override '{text}' should look like key.subkey=value")
+    key, value = text.split("=", 1)
+    try:
+        parsed = yaml.safe_load(value) if value != "" else None
+    except yaml.YAMLError:
+        parsed = value
+    return key.strip().split("."), parsed
+
+
+def apply_overrides(raw: dict, overrides: list[str]) -> dict:
+    """Set dotted keys in the raw YAML mapping (creating sub-mappings as needed)."""
+    for text in overrides or []:
+        path, value = parse_override(text)
+        node = raw
+        for part in path[:-1]:
+            if not isinstance(node.get(part), dict):
+                node[part] = {}
+            node = node[part]
+        node[path[-1]] = value
+    return raw
+
+
+def load_config(path: str | None, overrides: list[str] | None = None, raw: dict | None = None) -> Config:
+    """Read a YAML config (or a raw dict), apply overrides, validate.
+
+    Relative data paths are taken relative to the current directory (as the user typed them).
+    """
+    source = os.fspath(path) if path else "config"
+    if raw is None:
+        if not path or not os.path.exists(path):
+            raise MLIPError(f"{source}: config file not found")
+        try:
+            with open(path) as handle:
+                raw = yaml.safe_load(handle)
+        except yaml.YAMLError as err:
+            mark = getattr(err, "problem_mark", None)
+            line = f" at line {mark.line + 1}" if mark else ""
+            raise MLIPError(f"{source}: invalid YAML{line} ({getattr(err, 'problem', err)})") from None
+        except OSError as err:
+            raise MLIPError(f"{source}: cannot read ({err.strerror})") from None
+    raw = dict(raw or {})
+    raw = apply_overrides(raw, overrides or [])
+    cfg = _build(Config, raw, "", source)
+    _validate(cfg, source)
+    return cfg
+
+
+def config_from_dict(raw: dict) -> Config:
+    """Rebuild a config stored in a checkpoint."""
+    return _build(Config, raw, "", "checkpoint config")

@@ -1,0 +1,87 @@
+"""Error metrics (MAE/RMSE) accumulated over batches, per target and per tensor part."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+
+import torch
+
+from mlip.targets import TargetSpec
+from mlip.training.loss import num_atoms_per_graph
+
+UNITS = {"energy": "eV/atom", "forces": "eV/Å", "stress": "eV/Å³"}
+
+
+class MetricsAccumulator:
+    """Collects absolute and squared errors; ``compute()`` → {"energy_mae": ..., ...}.
+
+    Reported quantities: ``energy`` per atom, ``forces`` per component, ``stress`` per component,
+    tensor targets per component of the full tensor; rank-2 tensors additionally ``<name>_iso``
+    (trace/3) and ``<name>_aniso`` (symmetric traceless part, per component).
+    """
+
+    def __init__(self, specs: Sequence[TargetSpec]) -> None:
+        self.specs = list(specs)
+        self.abs = defaultdict(float)
+        self.sq = defaultdict(float)
+        self.count = defaultdict(int)
+        self.label_sq = defaultdict(float)
+        self.label_sum = defaultdict(float)
+
+    def _add(self, name: str, diff: torch.Tensor, label: torch.Tensor) -> None:
+        diff = diff.detach().double().reshape(-1)
+        label = label.detach().double().reshape(-1)
+        self.abs[name] += float(diff.abs().sum())
+        self.sq[name] += float(diff.pow(2).sum())
+        self.count[name] += diff.numel()
+        self.label_sq[name] += float(label.pow(2).sum())
+        self.label_sum[name] += float(label.sum())
+
+    def update(self, pred: dict, batch) -> None:
+        for spec in self.specs:
+            if spec.name not in pred:
+                continue
+            p, y = pred[spec.name], batch[spec.name]
+            if spec.kind == "energy":
+                n = num_atoms_per_graph(batch)
+                p, y = p / n, y / n
+            self._add(spec.name, p - y, y)
+            if spec.kind == "rank2":
+                eye = torch.eye(3, dtype=p.dtype, device=p.device)
+                iso_p = p.diagonal(dim1=-2, dim2=-1).mean(-1)
+                iso_y = y.diagonal(dim1=-2, dim2=-1).mean(-1)
+                self._add(spec.name + "_iso", iso_p - iso_y, iso_y)
+                aniso_p = 0.5 * (p + p.transpose(-1, -2)) - iso_p[..., None, None] * eye
+                aniso_y = 0.5 * (y + y.transpose(-1, -2)) - iso_y[..., None, None] * eye
+                self._add(spec.name + "_aniso", aniso_p - aniso_y, aniso_y)
+
+    def compute(self) -> dict[str, float]:
+        """MAE, RMSE, and RMSE of the mean predictor (``_rmse_of_mean``) for each quantity."""
+        out = {}
+        for name, n in self.count.items():
+            if n == 0:
+                continue
+            out[f"{name}_mae"] = self.abs[name] / n
+            out[f"{name}_rmse"] = (self.sq[name] / n) ** 0.5
+            mean = self.label_sum[name] / n
+            out[f"{name}_label_std"] = max(self.label_sq[name] / n - mean**2, 0.0) ** 0.5
+        return out
+
+
+def format_metrics_table(metrics: dict[str, float], specs: Sequence[TargetSpec]) -> str:
+    """A plain-text table: quantity | unit | MAE | RMSE."""
+    rows = [("quantity", "unit", "MAE", "RMSE")]
+    names = []
+    for spec in specs:
+        names.append(spec.name)
+        if spec.kind == "rank2":
+            names += [spec.name + "_iso", spec.name + "_aniso"]
+    for name in names:
+        if f"{name}_mae" in metrics:
+            unit = UNITS.get(name, "as labelled")
+            rows.append((name, unit, f"{metrics[name + '_mae']:.6g}", f"{metrics[name + '_rmse']:.6g}"))
+    widths = [max(len(r[k]) for r in rows) for k in range(4)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
