@@ -27,14 +27,28 @@ from mlip.model.radial import BesselBasis, PolynomialEnvelope
 from mlip.model.spherical import spherical_harmonics
 
 
-def mlp(sizes: list[int], activation: type[nn.Module] = nn.SiLU, bias_last: bool = True) -> nn.Sequential:
-    """Dense network with ``activation`` between layers (none after the last)."""
+class NormalisedSiLU(nn.Module):
+    """SiLU scaled to unit second moment for unit-normal inputs (keeps activations O(1) with depth)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.silu(x) * 1.6790
+
+
+def mlp(sizes: list[int], bias_last: bool = True) -> nn.Sequential:
+    """Dense network with normalised SiLU between layers (none after the last).
+
+    Weights start as N(0, 1/fan_in) and biases at zero, so unit-scale inputs give unit-scale outputs.
+    """
     layers: list[nn.Module] = []
     for k, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:])):
         last = k == len(sizes) - 2
-        layers.append(nn.Linear(n_in, n_out, bias=bias_last or not last))
+        linear = nn.Linear(n_in, n_out, bias=bias_last or not last)
+        nn.init.normal_(linear.weight, std=n_in**-0.5)
+        if linear.bias is not None:
+            nn.init.zeros_(linear.bias)
+        layers.append(linear)
         if not last:
-            layers.append(activation())
+            layers.append(NormalisedSiLU())
     return nn.Sequential(*layers)
 
 
@@ -47,9 +61,12 @@ class InteractionLayer(nn.Module):
         self.lmax = lmax
         self.radial = mlp([num_radial, radial_hidden, radial_hidden, (lmax + 1) * channels])
         self.neighbour_linear = nn.Linear(channels, channels, bias=False)
+        nn.init.normal_(self.neighbour_linear.weight, std=channels**-0.5)
         eye = torch.eye(channels).expand(lmax, channels, channels).clone()
         self.mix = nn.Parameter(eye + 0.1 * torch.randn(lmax, channels, channels) / channels**0.5)
         self.update = mlp([channels * (lmax + 2), channels, channels])
+        with torch.no_grad():  # start close to the identity map: small residual updates
+            self.update[-1].weight.mul_(0.2)
         l_of_lm = torch.cat([torch.full((2 * l + 1,), l, dtype=torch.long) for l in range(lmax + 1)])
         self.register_buffer("l_of_lm", l_of_lm, persistent=False)
 
@@ -82,7 +99,7 @@ class InteractionLayer(nn.Module):
         for l in range(1, self.lmax + 1):
             block = density[:, l * l : (l + 1) * (l + 1), :]  # [N, 2l+1, C]
             mixed = block @ self.mix[l - 1]
-            invariants.append((block * mixed).sum(dim=1))
+            invariants.append((block * mixed).sum(dim=1) / (2 * l + 1))
         h = h + self.update(torch.cat(invariants, dim=-1))
         return h, density
 

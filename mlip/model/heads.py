@@ -17,6 +17,8 @@ class EnergyHead(nn.Module):
     def __init__(self, channels: int, num_layers: int, hidden: int = 64) -> None:
         super().__init__()
         self.linear = nn.ModuleList(nn.Linear(channels, 1, bias=False) for _ in range(num_layers - 1))
+        for lin in self.linear:
+            nn.init.normal_(lin.weight, std=channels**-0.5)
         self.final = mlp([channels, hidden, 1], bias_last=False)
 
     def forward(self, features: list[torch.Tensor]) -> torch.Tensor:

@@ -34,13 +34,22 @@ class PolynomialEnvelope(nn.Module):
 
 
 class BesselBasis(nn.Module):
-    """``sqrt(2/r_c) · sin(n π r / r_c) / r`` for n = 1..num_basis; input ``[E]`` → ``[E, num_basis]``."""
+    """``c · sin(n π r / r_c) / r`` for n = 1..num_basis; input ``[E]`` Å → ``[E, num_basis]``.
+
+    The constant ``c`` gives the functions unit mean square for neighbours spread uniformly in the
+    cutoff sphere, so the radial MLP starts with O(1) inputs whatever the cutoff.
+    """
 
     def __init__(self, cutoff: float, num_basis: int = 8) -> None:
         super().__init__()
         self.cutoff = float(cutoff)
-        self.register_buffer("frequencies", math.pi / cutoff * torch.arange(1, num_basis + 1).float())
-        self.prefactor = math.sqrt(2.0 / cutoff)
+        freq = math.pi / cutoff * torch.arange(1, num_basis + 1, dtype=torch.float64)
+        self.register_buffer("frequencies", freq.float())
+        r = torch.linspace(0.0, cutoff, 2001, dtype=torch.float64)[1:]
+        weight = r**2  # uniform density in the sphere
+        values = torch.sin(freq * r[:, None]) / r[:, None]
+        mean_square = ((values**2) * weight[:, None]).sum() / (weight.sum() * num_basis)
+        self.prefactor = float(mean_square.rsqrt())
 
     def forward(self, r: torch.Tensor) -> torch.Tensor:
         r = r.unsqueeze(-1)

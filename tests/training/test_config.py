@@ -1,0 +1,69 @@
+"""Config parsing: overrides, unknown keys with suggestions, type errors, targets."""
+
+from __future__ import annotations
+
+import pytest
+
+from mlip.errors import MLIPError
+from mlip.training.config import apply_overrides, load_config
+
+BASE = {"data": {"train_file": "x.xyz"}}
+
+
+def test_dotted_overrides_parse_yaml_values():
+    raw = apply_overrides({"training": {"max_epochs": 5}}, ["training.max_epochs=2", "output_dir=run1",
+                                                            "training.ema_decay=null", "data.e0s={H: -1.0}"])
+    assert raw["training"]["max_epochs"] == 2
+    assert raw["output_dir"] == "run1"
+    assert raw["training"]["ema_decay"] is None
+    assert raw["data"]["e0s"] == {"H": -1.0}
+
+
+def test_example_config_loads_with_overrides():
+    cfg = load_config("configs/example.yaml", ["output_dir=run1", "training.max_epochs=2"])
+    assert cfg.output_dir == "run1" and cfg.training.max_epochs == 2
+    names = [s.name for s in cfg.target_specs()]
+    assert names[:2] == ["energy", "forces"]
+
+
+@pytest.mark.parametrize(
+    "raw, fragment",
+    [
+        ({**BASE, "trainig": {}}, "did you mean 'training'"),
+        ({**BASE, "training": {"max_epoch": 3}}, "did you mean 'max_epochs'"),
+        ({**BASE, "training": {"lr": "fast"}}, "'training.lr' should be a number"),
+        ({**BASE, "training": {"batch_size": 2.5}}, "'training.batch_size' should be an integer"),
+        ({**BASE, "resume": "yes"}, "'resume' should be true or false"),
+        ({**BASE, "dtype": "float16"}, "'dtype' has an invalid value"),
+        ({**BASE, "targets": {"dipole": {"key": "mu"}}}, "target 'dipole' needs 'type'"),
+        ({**BASE, "targets": {"efg": {"type": "spherical", "irreps": [[2, 3]]}}}, "needs 'irreps'"),
+        ({**BASE, "targets": {"forces": {"key": "f"}}}, "need an 'energy' target"),
+        ({**BASE, "targets": {"mu": {"type": "vector", "unit": "debey"}}}, "did you mean 'debye'"),
+        ({"data": {}}, "'data.train_file' is required"),
+        ({**BASE, "training": []}, "should be a mapping"),
+    ],
+)
+def test_bad_configs_give_one_line_errors(raw, fragment):
+    with pytest.raises(MLIPError) as err:
+        load_config(None, raw=raw)
+    assert fragment in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_missing_and_invalid_yaml_files(tmp_path):
+    with pytest.raises(MLIPError, match="config file not found"):
+        load_config(str(tmp_path / "nope.yaml"))
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("data: {train_file: [unclosed\n")
+    with pytest.raises(MLIPError, match="invalid YAML"):
+        load_config(str(bad))
+
+
+def test_tensor_target_specs_units():
+    cfg = load_config(None, raw={**BASE, "targets": {
+        "polarizability": {"key": "alpha", "type": "rank2", "unit": "bohr3"},
+        "efg": {"key": "efg", "type": "spherical", "irreps": [[2, 1]], "per_atom": True}}})
+    specs = {s.name: s for s in cfg.target_specs()}
+    assert specs["polarizability"].irreps == ((0, 1), (2, 1))
+    assert specs["polarizability"].unit_factor == pytest.approx(0.529177210903**3)
+    assert specs["efg"].per_atom and specs["efg"].label_shape == (5,)
