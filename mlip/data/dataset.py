@@ -29,7 +29,8 @@ class DatasetStatistics:
         scale: eV (RMS force or per-atom energy spread).
         shift: eV per atom.
         avg_num_neighbours: mean neighbours per atom within the cutoff.
-        tensor_scales: tensor target name → RMS of its per-atom-normalised label.
+        tensor_scales: tensor target name → RMS of its per-atom-normalised label (after shift).
+        tensor_shifts: tensor target name → per-atom mean of its λ=0 (σ=+1) component, if any.
     """
 
     species: list[int]
@@ -38,6 +39,7 @@ class DatasetStatistics:
     shift: float = 0.0
     avg_num_neighbours: float = 10.0
     tensor_scales: dict[str, float] = field(default_factory=dict)
+    tensor_shifts: dict[str, float] = field(default_factory=dict)
 
 
 def parse_e0s(setting: object, source: str) -> dict[int, float] | str:
@@ -113,14 +115,49 @@ def compute_statistics(
         stats.scale, stats.shift = energy_scale_shift(structures, e0s, "forces" in names)
     for spec in specs:
         if spec.is_tensor:
-            values = []
+            per_atom_labels = []
             for s in structures:
                 label = np.asarray(s.labels[spec.name], dtype=np.float64)
-                values.append((label / (1.0 if spec.per_atom else len(s.atoms))).reshape(-1))
-            flat = np.concatenate(values) if values else np.ones(1)
-            rms = float(np.sqrt(np.mean(flat**2)))
+                per_atom_labels.append((label / (1.0 if spec.per_atom else len(s.atoms))).reshape(-1, *spec.label_shape))
+            labels = np.concatenate(per_atom_labels) if per_atom_labels else np.zeros((1, *spec.label_shape))
+            shift = _lambda0_mean(spec, labels)
+            if shift is not None:
+                stats.tensor_shifts[spec.name] = shift
+                labels = _remove_lambda0(spec, labels, shift)
+            rms = float(np.sqrt(np.mean(labels**2)))
             stats.tensor_scales[spec.name] = rms if rms > 1e-12 else 1.0
     return stats
+
+
+def _lambda0_offset(spec: TargetSpec) -> int | None:
+    """Index of the λ=0, σ=+1 component in a spherical/rank-2 label layout (None if absent)."""
+    if (0, 1) not in spec.irreps or spec.kind == "vector":
+        return None
+    offset = 0
+    for lam, sig in spec.irreps:
+        if (lam, sig) == (0, 1):
+            return offset
+        offset += 2 * lam + 1
+    return None
+
+
+def _lambda0_mean(spec: TargetSpec, labels: np.ndarray) -> float | None:
+    """Per-atom mean of the λ=0 component (rank-2: tr/√3; spherical: that component)."""
+    offset = _lambda0_offset(spec)
+    if offset is None:
+        return None
+    if spec.kind == "rank2":
+        return float(np.mean(np.trace(labels, axis1=-2, axis2=-1)) / np.sqrt(3.0))
+    return float(np.mean(labels[:, offset]))
+
+
+def _remove_lambda0(spec: TargetSpec, labels: np.ndarray, shift: float) -> np.ndarray:
+    labels = labels.copy()
+    if spec.kind == "rank2":
+        labels -= shift / np.sqrt(3.0) * np.eye(3)
+    else:
+        labels[:, _lambda0_offset(spec)] -= shift
+    return labels
 
 
 def to_graphs(

@@ -14,8 +14,9 @@ Each layer t, for every atom i:
 
 All operations are batched over edges and atoms (index_add scatter), so the same code runs on CPU
 and GPU. Features are exactly invariant to rotations, inversion (power spectra are even),
-translations and permutations of like atoms. The l=1 part of the last density is returned too:
-it is a set of polar vectors per atom, from which the tensor heads build their λ-bases for free.
+translations and permutations of like atoms. The last density is returned too: its l=1 part is a
+set of polar vectors per atom, from which the tensor heads build their λ-bases for free, and its
+l ≥ 2 blocks are extra λ-tensors for those bases.
 """
 
 from __future__ import annotations
@@ -143,7 +144,7 @@ class ScalarBackbone(nn.Module):
     def forward(
         self, species: torch.Tensor, edge_index: torch.Tensor, edge_vectors: torch.Tensor
     ) -> tuple[list[torch.Tensor], torch.Tensor]:
-        """Per-layer invariant features and the last layer's l=1 density.
+        """Per-layer invariant features and the last layer's density.
 
         Args:
             species: ``[N]`` species indices.
@@ -151,8 +152,8 @@ class ScalarBackbone(nn.Module):
             edge_vectors: ``[E, 3]`` r_j − r_i (+ shift), Å.
 
         Returns:
-            ``([h_1, ..., h_T] each [N, C], l1_density [N, 3, C])`` with the l=1 components in
-            Cartesian order (x, y, z).
+            ``([h_1, ..., h_T] each [N, C], density [N, (lmax+1)², C])``; the density's l-blocks are
+            proper l-tensors in :mod:`mlip.model.spherical`'s convention (l=1 is √3·(y, z, x)).
         """
         receivers, senders = edge_index[0], edge_index[1]
         lengths = torch.linalg.norm(edge_vectors, dim=-1)
@@ -167,6 +168,4 @@ class ScalarBackbone(nn.Module):
                 h, edge_sh, edge_radial, receivers, senders, self.inv_avg_neighbours, envelope
             )
             features.append(h)
-        # l=1 block is √3·(y, z, x): reorder to (x, y, z) and drop the √3.
-        l1 = density[:, 1:4, :][:, [2, 0, 1], :] / 3**0.5 if self.lmax >= 1 else density[:, :0]
-        return features, l1
+        return features, density

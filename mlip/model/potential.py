@@ -92,7 +92,7 @@ class MLIPModel(nn.Module):
         if tensor_specs:
             from mlip.model.tensor_heads import TensorHeads
 
-            self.tensor_heads = TensorHeads(self.backbone.channels, tensor_specs, **tensor)
+            self.tensor_heads = TensorHeads(self.backbone.channels, self.backbone.lmax, tensor_specs, **tensor)
 
     # ------------------------------------------------------------------ helpers
     @property
@@ -149,7 +149,7 @@ class MLIPModel(nn.Module):
         edge_vectors = pos_strained[senders] - pos_strained[receivers] + shifts
 
         species = self.species_index(data.numbers)
-        features, l1_density = self.backbone(species, data.edge_index, edge_vectors)
+        features, density = self.backbone(species, data.edge_index, edge_vectors)
 
         out: dict[str, torch.Tensor] = {}
         if self.has_energy:
@@ -172,7 +172,7 @@ class MLIPModel(nn.Module):
                     out["virial"] = -dE_deps
                     out["stress"] = dE_deps / volume.clamp_min(1e-12).view(-1, 1, 1)
         if self.tensor_heads is not None:
-            out.update(self.tensor_heads(features, l1_density, batch, num_graphs))
+            out.update(self.tensor_heads(features, density, batch, num_graphs))
         return out
 
 

@@ -115,7 +115,7 @@ def spherical_harmonics(unit_vectors: torch.Tensor, lmax: int) -> torch.Tensor:
     return torch.cat(solid_harmonics(unit_vectors, lmax), dim=-1)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _sample_points(n: int = 64, seed: int = 1234) -> np.ndarray:
     return np.random.default_rng(seed).normal(size=(n, 3))
 
@@ -152,7 +152,7 @@ def _random_rotations(n: int, seed: int = 7) -> list[np.ndarray]:
     return rots
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _clebsch_gordan_np(l1: int, l2: int, l3: int) -> np.ndarray:
     if not (abs(l1 - l2) <= l3 <= l1 + l2):
         raise ValueError(f"({l1}, {l2}, {l3}) violates the triangle rule")
@@ -200,7 +200,7 @@ def l1_to_cartesian(vec: torch.Tensor) -> torch.Tensor:
     return vec[..., _XYZ_FROM_L1]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _sym_traceless_np() -> np.ndarray:
     # Find M_m (symmetric traceless) with S_2m(x) ∝ xᵀ M_m x, then make them Frobenius-orthonormal.
     pts = _sample_points()

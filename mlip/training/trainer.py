@@ -78,7 +78,8 @@ def build_model(cfg: Config, stats: DatasetStatistics, specs: list[TargetSpec]) 
         backbone=dict(channels=m.channels, num_layers=m.num_layers, lmax=m.lmax, num_radial=m.num_radial,
                       radial_hidden=m.radial_hidden, avg_num_neighbours=stats.avg_num_neighbours),
         readout_hidden=m.readout_hidden,
-        tensor=dict(num_vectors=m.num_vectors, hidden=m.tensor_hidden, scales=stats.tensor_scales),
+        tensor=dict(num_vectors=m.num_vectors, hidden=m.tensor_hidden, scales=stats.tensor_scales,
+                    shifts=stats.tensor_shifts),
     )
 
 
