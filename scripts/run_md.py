@@ -61,8 +61,9 @@ def main(argv: list[str] | None = None) -> int:
         ZeroRotation(atoms)
     dt = args.timestep * units.fs
     if args.ensemble == "nvt":
-        dyn = Langevin(atoms, dt, temperature_K=args.temperature, friction=args.friction / units.fs, rng=rng,
-                       fixcm=False)
+        dyn = Langevin(
+            atoms, dt, temperature_K=args.temperature, friction=args.friction / units.fs, rng=rng, fixcm=False
+        )
     else:
         dyn = VelocityVerlet(atoms, dt)
     traj = Trajectory(args.trajectory, "w", atoms)
@@ -71,16 +72,21 @@ def main(argv: list[str] | None = None) -> int:
     def log() -> None:
         epot = atoms.get_potential_energy()
         ekin = atoms.get_kinetic_energy()
-        print(f"step {dyn.nsteps:6d}  T {atoms.get_temperature():7.1f} K  Epot {epot:.4f} eV  "
-              f"Etot {epot + ekin:.4f} eV", flush=True)
+        print(
+            f"step {dyn.nsteps:6d}  T {atoms.get_temperature():7.1f} K  Epot {epot:.4f} eV  "
+            f"Etot {epot + ekin:.4f} eV",
+            flush=True,
+        )
 
     dyn.attach(log, interval=args.log_every)
     start = time.perf_counter()
     dyn.run(args.steps)
     elapsed = time.perf_counter() - start
     traj.close()
-    print(f"run_md: {args.steps} steps of {len(atoms)} atoms in {elapsed:.1f} s "
-          f"({1000 * elapsed / max(args.steps, 1):.2f} ms/step); trajectory in {args.trajectory}")
+    print(
+        f"run_md: {args.steps} steps of {len(atoms)} atoms in {elapsed:.1f} s "
+        f"({1000 * elapsed / max(args.steps, 1):.2f} ms/step); trajectory in {args.trajectory}"
+    )
     return 0
 
 

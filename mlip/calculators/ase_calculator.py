@@ -38,11 +38,24 @@ class MLIPCalculator(Calculator):
         min_distance: raise if two atoms come closer than this (Å); 0 disables.
     """
 
-    implemented_properties = ["energy", "free_energy", "energies", "forces", "stress", "dipole",
-                              "polarizability"]
+    implemented_properties = [
+        "energy",
+        "free_energy",
+        "energies",
+        "forces",
+        "stress",
+        "dipole",
+        "polarizability",
+    ]
 
-    def __init__(self, model: str | MLIPModel, device: str = "auto", dtype: str = "float64",
-                 min_distance: float = 0.0, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        model: str | MLIPModel,
+        device: str = "auto",
+        dtype: str = "float64",
+        min_distance: float = 0.0,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(**kwargs)
         if dtype not in _DTYPES:
             raise MLIPError(f"dtype must be float32 or float64, got {dtype!r}")
@@ -76,8 +89,9 @@ class MLIPCalculator(Calculator):
         super().calculate(atoms, properties, system_changes)
         atoms = normalise_pbc(self.atoms)
         self._check(atoms)
-        graph = atoms_to_graph(atoms, self.cutoff, min_distance=self.min_distance, source="atoms",
-                               dtype=self.dtype).to(self.device)
+        graph = atoms_to_graph(
+            atoms, self.cutoff, min_distance=self.min_distance, source="atoms", dtype=self.dtype
+        ).to(self.device)
         periodic = bool(np.all(atoms.pbc))
         want_stress = periodic and self.has_energy and "stress" in properties
         out = self.model(graph, compute_forces=self.has_energy, compute_stress=want_stress)

@@ -41,14 +41,24 @@ def predict_batches(
         for i in idx:
             atoms = normalise_pbc(structures[i])
             check_structure(atoms, where(source, i), allowed_numbers=known)
-            graphs.append(atoms_to_graph(atoms, model.cutoff, labels[i] if labels else None,
-                                         {s.name: s for s in model.target_specs}, source=where(source, i),
-                                         dtype=dtype))
+            graphs.append(
+                atoms_to_graph(
+                    atoms,
+                    model.cutoff,
+                    labels[i] if labels else None,
+                    {s.name: s for s in model.target_specs},
+                    source=where(source, i),
+                    dtype=dtype,
+                )
+            )
         batch = Batch.from_data_list(graphs).to(device)
         periodic = all(bool(np.all(structures[i].pbc)) for i in idx)
         with torch.enable_grad():
-            pred = model(batch, compute_forces=model.has_energy,
-                         compute_stress=periodic and model.has_energy and ("stress" in names or periodic))
+            pred = model(
+                batch,
+                compute_forces=model.has_energy,
+                compute_stress=periodic and model.has_energy and ("stress" in names or periodic),
+            )
         yield batch, {k: v.detach() for k, v in pred.items()}, idx
         bar.update(len(idx))
     bar.close()

@@ -12,8 +12,9 @@ from mlip.training.metrics import MetricsAccumulator, format_metrics_table
 from mlip.training.trainer import select_device
 
 
-def run_eval(model_path: str, data_path: str, key_overrides: list[str], batch_size: int, device: str,
-             dtype: str) -> dict:
+def run_eval(
+    model_path: str, data_path: str, key_overrides: list[str], batch_size: int, device: str, dtype: str
+) -> dict:
     """Print and return the metrics of the model on every labelled target in ``data_path``."""
     import torch
 
@@ -31,12 +32,20 @@ def run_eval(model_path: str, data_path: str, key_overrides: list[str], batch_si
     if not frames:
         raise MLIPError(f"{data_path}: no structures to evaluate")
     # A target counts as labelled when its key is in the first structure.
-    present = [s for s in specs if _raw_label(frames[0], s.key) is not None
-               or (s.virial_key and _raw_label(frames[0], s.virial_key) is not None)]
+    present = [
+        s
+        for s in specs
+        if _raw_label(frames[0], s.key) is not None
+        or (s.virial_key and _raw_label(frames[0], s.virial_key) is not None)
+    ]
     if not present:
-        raise MLIPError(f"{data_path}: none of the model's label keys "
-                        f"({', '.join(s.key for s in specs)}) are in the file; use --key TARGET=KEY")
-    labels = [{s.name: extract_label(a, s, where(data_path, i)) for s in present} for i, a in enumerate(frames)]
+        raise MLIPError(
+            f"{data_path}: none of the model's label keys "
+            f"({', '.join(s.key for s in specs)}) are in the file; use --key TARGET=KEY"
+        )
+    labels = [
+        {s.name: extract_label(a, s, where(data_path, i)) for s in present} for i, a in enumerate(frames)
+    ]
     acc = MetricsAccumulator(present)
     for batch, pred, _ in predict_batches(model, frames, batch_size, dev, data_path, labels=labels):
         acc.update(pred, batch)

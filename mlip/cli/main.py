@@ -10,21 +10,33 @@ from mlip.errors import MLIPError
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="mlip", description="Machine-learned interatomic potentials "
-                                     "and tensorial properties.")
+    parser = argparse.ArgumentParser(
+        prog="mlip", description="Machine-learned interatomic potentials and tensorial properties."
+    )
     parser.add_argument("--version", action="version", version=f"mlip {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("train", help="train a model from a YAML config")
     p.add_argument("config", help="YAML config file (see configs/example.yaml)")
-    p.add_argument("-o", "--override", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config entry, e.g. -o training.max_epochs=2 (repeatable)")
+    p.add_argument(
+        "-o",
+        "--override",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config entry, e.g. -o training.max_epochs=2 (repeatable)",
+    )
 
     p = sub.add_parser("eval", help="print MAE/RMSE of a model on a labelled structure file")
     p.add_argument("model", help="model.pt written by mlip train")
     p.add_argument("data", help="structure file (extxyz or any ase.io format)")
-    p.add_argument("--key", action="append", default=[], metavar="TARGET=KEY",
-                   help="label key of a target in this file, e.g. --key energy=REF_energy")
+    p.add_argument(
+        "--key",
+        action="append",
+        default=[],
+        metavar="TARGET=KEY",
+        help="label key of a target in this file, e.g. --key energy=REF_energy",
+    )
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--device", default="auto")
     p.add_argument("--dtype", default="float64", choices=["float32", "float64"])
@@ -54,8 +66,15 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "predict":
             from mlip.cli.predict import run_predict
 
-            run_predict(args.model, args.data, args.output, args.batch_size, args.device, args.dtype,
-                        progress=not args.no_progress)
+            run_predict(
+                args.model,
+                args.data,
+                args.output,
+                args.batch_size,
+                args.device,
+                args.dtype,
+                progress=not args.no_progress,
+            )
     except MLIPError as err:
         print(f"mlip: error: {err}", file=sys.stderr)
         return 1

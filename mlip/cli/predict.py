@@ -22,8 +22,15 @@ from mlip.training.checkpoint import atomic_write_bytes_via
 from mlip.training.trainer import select_device
 
 
-def run_predict(model_path: str, data_path: str, output: str, batch_size: int, device: str, dtype: str,
-                progress: bool = True) -> None:
+def run_predict(
+    model_path: str,
+    data_path: str,
+    output: str,
+    batch_size: int,
+    device: str,
+    dtype: str,
+    progress: bool = True,
+) -> None:
     """Predict every target for every structure of ``data_path`` and write ``output`` (extxyz)."""
     import torch
 

@@ -164,8 +164,6 @@ class ScalarBackbone(nn.Module):
         features = []
         density = h.new_zeros(h.shape[0], (self.lmax + 1) ** 2, self.channels)
         for layer in self.layers:
-            h, density = layer(
-                h, edge_sh, edge_radial, receivers, senders, self.inv_avg_neighbours, envelope
-            )
+            h, density = layer(h, edge_sh, edge_radial, receivers, senders, self.inv_avg_neighbours, envelope)
             features.append(h)
         return features, density

@@ -71,9 +71,13 @@ class MLIPModel(nn.Module):
         }
         self.species = species
         self.cutoff = float(cutoff)
-        self.target_specs = [TargetSpec(**{k: v for k, v in t.items() if k != "irreps"},
-                                        irreps=tuple(tuple(x) for x in t.get("irreps", ())))
-                             for t in targets]
+        self.target_specs = [
+            TargetSpec(
+                **{k: v for k, v in t.items() if k != "irreps"},
+                irreps=tuple(tuple(x) for x in t.get("irreps", ())),
+            )
+            for t in targets
+        ]
         z_to_index = torch.full((119,), -1, dtype=torch.long)
         z_to_index[torch.tensor(species)] = torch.arange(len(species))
         self.register_buffer("z_to_index", z_to_index, persistent=False)
@@ -92,7 +96,9 @@ class MLIPModel(nn.Module):
         if tensor_specs:
             from mlip.model.tensor_heads import TensorHeads
 
-            self.tensor_heads = TensorHeads(self.backbone.channels, self.backbone.lmax, tensor_specs, **tensor)
+            self.tensor_heads = TensorHeads(
+                self.backbone.channels, self.backbone.lmax, tensor_specs, **tensor
+            )
 
     # ------------------------------------------------------------------ helpers
     @property
@@ -161,8 +167,10 @@ class MLIPModel(nn.Module):
             if need_grad:
                 inputs = [pos] + ([strain] if strain is not None else [])
                 grads = torch.autograd.grad(
-                    energy.sum(), inputs, create_graph=training, retain_graph=training or
-                    self.tensor_heads is not None,
+                    energy.sum(),
+                    inputs,
+                    create_graph=training,
+                    retain_graph=training or self.tensor_heads is not None,
                 )
                 if compute_forces:
                     out["forces"] = -grads[0]
@@ -211,8 +219,10 @@ def model_from_payload(payload: dict, source: str = "model") -> MLIPModel:
     model = MLIPModel(**payload["hyperparameters"])
     missing, unexpected = model.load_state_dict(payload["state_dict"], strict=False)
     if missing or unexpected:
-        raise MLIPError(f"{source}: weights do not match the architecture (missing {missing[:3]}, "
-                        f"unexpected {unexpected[:3]})")
+        raise MLIPError(
+            f"{source}: weights do not match the architecture (missing {missing[:3]}, "
+            f"unexpected {unexpected[:3]})"
+        )
     return model
 
 

@@ -24,12 +24,7 @@ class PolynomialEnvelope(nn.Module):
         """``r``: distances ``[E]`` Å → envelope ``[E]``."""
         p = self.p
         x = r / self.cutoff
-        u = (
-            1.0
-            - (p + 1) * (p + 2) / 2 * x**p
-            + p * (p + 2) * x ** (p + 1)
-            - p * (p + 1) / 2 * x ** (p + 2)
-        )
+        u = 1.0 - (p + 1) * (p + 2) / 2 * x**p + p * (p + 2) * x ** (p + 1) - p * (p + 1) / 2 * x ** (p + 2)
         return u * (x < 1.0).to(r.dtype)
 
 

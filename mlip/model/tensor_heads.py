@@ -49,9 +49,17 @@ class TensorHeads(nn.Module):
         density_elements: K, contracted λ-densities added to each proper basis with 1 ≤ λ ≤ lmax.
     """
 
-    def __init__(self, channels: int, lmax: int, specs: Sequence[TargetSpec], num_vectors: int = 4,
-                 hidden: int = 64, scales: dict[str, float] | None = None, shifts: dict[str, float] | None = None,
-                 density_elements: int = 4) -> None:
+    def __init__(
+        self,
+        channels: int,
+        lmax: int,
+        specs: Sequence[TargetSpec],
+        num_vectors: int = 4,
+        hidden: int = 64,
+        scales: dict[str, float] | None = None,
+        shifts: dict[str, float] | None = None,
+        density_elements: int = 4,
+    ) -> None:
         super().__init__()
         self.specs = list(specs)
         self.lmax = lmax
@@ -59,7 +67,9 @@ class TensorHeads(nn.Module):
         self.vector_projection = nn.Linear(channels, num_vectors, bias=False)
         nn.init.normal_(self.vector_projection.weight, std=channels**-0.5)
         blocks = sorted({irrep for spec in self.specs for irrep in spec.irreps})
-        self.bases = nn.ModuleDict({_key(lam, sig): LambdaBasis(lam, sig, num_vectors) for lam, sig in blocks})
+        self.bases = nn.ModuleDict(
+            {_key(lam, sig): LambdaBasis(lam, sig, num_vectors) for lam, sig in blocks}
+        )
         self.density_projections = nn.ModuleDict()
         for lam, sig in blocks:
             if sig > 0 and 1 <= lam <= lmax and density_elements > 0:
@@ -74,7 +84,9 @@ class TensorHeads(nn.Module):
                 n_basis = self.bases[_key(lam, sig)].num_basis
                 if _key(lam, sig) in self.density_projections:
                     n_basis += density_elements
-                self.coefficients[f"{spec.name}__{_key(lam, sig)}"] = mlp([channels + n_gram, hidden, n_basis])
+                self.coefficients[f"{spec.name}__{_key(lam, sig)}"] = mlp(
+                    [channels + n_gram, hidden, n_basis]
+                )
         scales = scales or {}
         self.register_buffer("scales", torch.tensor([float(scales.get(s.name, 1.0)) for s in self.specs]))
         shifts = shifts or {}
@@ -108,8 +120,9 @@ class TensorHeads(nn.Module):
         gram = torch.einsum("nqa,npa->nqp", vectors, vectors)[:, self.gram_index[0], self.gram_index[1]]
         return bases, gram
 
-    def forward(self, features: list[torch.Tensor], density: torch.Tensor, batch: torch.Tensor,
-                num_graphs: int) -> dict[str, torch.Tensor]:
+    def forward(
+        self, features: list[torch.Tensor], density: torch.Tensor, batch: torch.Tensor, num_graphs: int
+    ) -> dict[str, torch.Tensor]:
         """Predictions of every tensor target (per structure ``[G, ...]`` or per atom ``[N, ...]``)."""
         bases, gram = self.bases_for(density)
         invariants = torch.cat([features[-1], gram], dim=-1)

@@ -134,13 +134,24 @@ class Config:
                     irreps = default_irreps(kind, tc.symmetric)
             specs.append(
                 TargetSpec(
-                    name=name, kind=kind, key=tc.key or name, per_atom=tc.per_atom or name == "forces",
-                    irreps=irreps, weight=float(tc.weight), unit_factor=factor,
-                    virial_key=tc.virial_key, symmetric=tc.symmetric,
+                    name=name,
+                    kind=kind,
+                    key=tc.key or name,
+                    per_atom=tc.per_atom or name == "forces",
+                    irreps=irreps,
+                    weight=float(tc.weight),
+                    unit_factor=factor,
+                    virial_key=tc.virial_key,
+                    symmetric=tc.symmetric,
                 )
             )
-        return sorted(specs, key=lambda s: (s.kind not in ENERGY_KINDS, ENERGY_KINDS.index(s.kind)
-                                            if s.kind in ENERGY_KINDS else 0))
+        return sorted(
+            specs,
+            key=lambda s: (
+                s.kind not in ENERGY_KINDS,
+                ENERGY_KINDS.index(s.kind) if s.kind in ENERGY_KINDS else 0,
+            ),
+        )
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -248,8 +259,14 @@ def _validate(cfg: Config, source: str) -> None:
             )
         if tc.type == "spherical":
             irreps = tc.irreps or []
-            ok = irreps and all(isinstance(x, list) and len(x) == 2 and x[1] in (1, -1) and
-                                isinstance(x[0], int) and x[0] >= 0 for x in irreps)
+            ok = irreps and all(
+                isinstance(x, list)
+                and len(x) == 2
+                and x[1] in (1, -1)
+                and isinstance(x[0], int)
+                and x[0] >= 0
+                for x in irreps
+            )
             if not ok:
                 raise MLIPError(f"{source}: target '{name}' needs 'irreps' like [[2, 1]] (λ ≥ 0, σ = ±1)")
         if tc.unit is not None and tc.unit not in UNIT_FACTORS:

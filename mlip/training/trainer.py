@@ -59,9 +59,15 @@ def select_device(setting: str) -> torch.device:
 
 def spec_to_dict(spec: TargetSpec) -> dict:
     return {
-        "name": spec.name, "kind": spec.kind, "key": spec.key, "per_atom": spec.per_atom,
-        "irreps": [list(x) for x in spec.irreps], "weight": spec.weight,
-        "unit_factor": spec.unit_factor, "virial_key": spec.virial_key, "symmetric": spec.symmetric,
+        "name": spec.name,
+        "kind": spec.kind,
+        "key": spec.key,
+        "per_atom": spec.per_atom,
+        "irreps": [list(x) for x in spec.irreps],
+        "weight": spec.weight,
+        "unit_factor": spec.unit_factor,
+        "virial_key": spec.virial_key,
+        "symmetric": spec.symmetric,
     }
 
 
@@ -75,11 +81,21 @@ def build_model(cfg: Config, stats: DatasetStatistics, specs: list[TargetSpec]) 
         scale=stats.scale,
         shift=stats.shift,
         targets=[spec_to_dict(s) for s in specs],
-        backbone=dict(channels=m.channels, num_layers=m.num_layers, lmax=m.lmax, num_radial=m.num_radial,
-                      radial_hidden=m.radial_hidden, avg_num_neighbours=stats.avg_num_neighbours),
+        backbone=dict(
+            channels=m.channels,
+            num_layers=m.num_layers,
+            lmax=m.lmax,
+            num_radial=m.num_radial,
+            radial_hidden=m.radial_hidden,
+            avg_num_neighbours=stats.avg_num_neighbours,
+        ),
         readout_hidden=m.readout_hidden,
-        tensor=dict(num_vectors=m.num_vectors, hidden=m.tensor_hidden, scales=stats.tensor_scales,
-                    shifts=stats.tensor_shifts),
+        tensor=dict(
+            num_vectors=m.num_vectors,
+            hidden=m.tensor_hidden,
+            scales=stats.tensor_scales,
+            shifts=stats.tensor_shifts,
+        ),
     )
 
 
@@ -116,7 +132,11 @@ def prepare_data(cfg: Config, dtype: torch.dtype) -> PreparedData:
     test = to_graphs(test_structs, d.cutoff, specs, d.min_distance, dtype)
     all_species = {int(z) for s in valid_structs + test_structs for z in s.atoms.numbers}
     stats = compute_statistics(
-        train_structs, specs, parse_e0s(d.e0s, "config"), isolated, average_neighbours(train),
+        train_structs,
+        specs,
+        parse_e0s(d.e0s, "config"),
+        isolated,
+        average_neighbours(train),
         extra_species=sorted(all_species),
     )
     return PreparedData(train, valid, test, stats, specs)
@@ -161,8 +181,10 @@ class Trainer:
             if not isinstance(resume_state, dict) or resume_state.get("format") != "mlip-checkpoint":
                 raise MLIPError(f"{self.checkpoint_path}: not an mlip checkpoint")
             if resume_state.get("format_version") != CHECKPOINT_FORMAT_VERSION:
-                raise MLIPError(f"{self.checkpoint_path}: checkpoint format version "
-                                f"{resume_state.get('format_version')} is not supported")
+                raise MLIPError(
+                    f"{self.checkpoint_path}: checkpoint format version "
+                    f"{resume_state.get('format_version')} is not supported"
+                )
             self.model = model_from_payload(resume_state["model"], self.checkpoint_path)
         else:
             self.model = build_model(cfg, self.data.stats, self.specs)
@@ -172,14 +194,19 @@ class Trainer:
         self.optimizer = opt_cls(self.model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
         if t.scheduler == "plateau":
             self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
-                self.optimizer, factor=t.lr_factor, patience=t.scheduler_patience, min_lr=t.min_lr)
+                self.optimizer, factor=t.lr_factor, patience=t.scheduler_patience, min_lr=t.min_lr
+            )
         elif t.scheduler == "cosine":
             self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
-                self.optimizer, T_max=t.max_epochs, eta_min=t.min_lr)
+                self.optimizer, T_max=t.max_epochs, eta_min=t.min_lr
+            )
         else:
             self.scheduler = None
-        self.ema = (AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(t.ema_decay), use_buffers=True)
-                    if t.ema_decay else None)
+        self.ema = (
+            AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(t.ema_decay), use_buffers=True)
+            if t.ema_decay
+            else None
+        )
         self.start_epoch = 0
         self.best_valid = math.inf
         self.epochs_without_improvement = 0
@@ -198,18 +225,25 @@ class Trainer:
     # -------------------------------------------------------------- steps
     def _train_epoch(self, epoch: int) -> dict:
         cfg, t = self.cfg, self.cfg.training
-        loader = make_loader(self.data.train, t.batch_size, shuffle=True, seed=cfg.seed + epoch,
-                             num_workers=t.num_workers)
+        loader = make_loader(
+            self.data.train, t.batch_size, shuffle=True, seed=cfg.seed + epoch, num_workers=t.num_workers
+        )
         names = {s.name for s in self.specs}
         self.model.train()
         acc = MetricsAccumulator(self.specs)
         running, n_batches, bad_streak = 0.0, 0, 0
-        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{t.max_epochs}", leave=False,
-                   disable=not cfg.logging.progress_bar, dynamic_ncols=True)
+        bar = tqdm(
+            loader,
+            desc=f"epoch {epoch + 1}/{t.max_epochs}",
+            leave=False,
+            disable=not cfg.logging.progress_bar,
+            dynamic_ncols=True,
+        )
         for batch in bar:
             batch = batch.to(self.device)
-            pred = self.model(batch, compute_forces="forces" in names, compute_stress="stress" in names,
-                              training=True)
+            pred = self.model(
+                batch, compute_forces="forces" in names, compute_stress="stress" in names, training=True
+            )
             loss, _ = weighted_loss(self.specs, pred, batch)
             if not torch.isfinite(loss):
                 bad_streak += 1
@@ -218,7 +252,8 @@ class Trainer:
                     raise MLIPError(
                         f"training stopped at epoch {epoch + 1}: loss was NaN/Inf for {bad_streak} "
                         f"batches in a row (lower training.lr?); the last good checkpoint is "
-                        f"{self.checkpoint_path}")
+                        f"{self.checkpoint_path}"
+                    )
                 continue
             bad_streak = 0
             self.optimizer.zero_grad(set_to_none=True)
@@ -282,24 +317,31 @@ class Trainer:
         """Train; returns the final validation (and test) metrics."""
         cfg, t = self.cfg, self.cfg.training
         self._setup()
-        atomic_write_bytes_via(os.path.join(self.out, "config.yaml"),
-                               lambda h: h.write(yaml.safe_dump(cfg.to_dict(), sort_keys=False).encode()))
+        atomic_write_bytes_via(
+            os.path.join(self.out, "config.yaml"),
+            lambda h: h.write(yaml.safe_dump(cfg.to_dict(), sort_keys=False).encode()),
+        )
         wandb_run = self._init_wandb()
         if self.start_epoch == 0 and os.path.exists(self.csv_path):
             os.remove(self.csv_path)
         start_time = time.perf_counter()
         last_valid: dict = {}
         n_train = len(self.data.train)
-        print(f"mlip: training on {n_train} structures, validating on {len(self.data.valid)}, "
-              f"{sum(p.numel() for p in self.model.parameters())} parameters, device {self.device}",
-              flush=True)
+        print(
+            f"mlip: training on {n_train} structures, validating on {len(self.data.valid)}, "
+            f"{sum(p.numel() for p in self.model.parameters())} parameters, device {self.device}",
+            flush=True,
+        )
         for epoch in range(self.start_epoch, t.max_epochs):
             epoch_start = time.perf_counter()
             train_metrics = self._train_epoch(epoch)
             train_time = time.perf_counter() - epoch_start
             evaluated = self.ema if self.ema is not None else self.model
-            valid_metrics = evaluate(evaluated, self.valid_loader, self.specs, self.device) if self.data.valid \
+            valid_metrics = (
+                evaluate(evaluated, self.valid_loader, self.specs, self.device)
+                if self.data.valid
                 else train_metrics
+            )
             last_valid = valid_metrics
             score = self._valid_score(valid_metrics)
             if isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
@@ -314,18 +356,26 @@ class Trainer:
             else:
                 self.epochs_without_improvement += 1
             self._save_checkpoint(epoch + 1)
-            row = {"epoch": epoch + 1, "lr": self.optimizer.param_groups[0]["lr"],
-                   "train_loss": train_metrics["loss"], "epoch_time_s": train_time,
-                   "structures_per_s": n_train / max(train_time, 1e-9)}
+            row = {
+                "epoch": epoch + 1,
+                "lr": self.optimizer.param_groups[0]["lr"],
+                "train_loss": train_metrics["loss"],
+                "epoch_time_s": train_time,
+                "structures_per_s": n_train / max(train_time, 1e-9),
+            }
             row.update({f"train_{k}": v for k, v in train_metrics.items() if k.endswith(("_mae", "_rmse"))})
             row.update({f"valid_{k}": v for k, v in valid_metrics.items() if k.endswith(("_mae", "_rmse"))})
             self._write_csv(row)
             if wandb_run is not None:
                 wandb_run.log(row, step=epoch + 1)
-            summary = "  ".join(f"{k[6:]}={v:.4g}" for k, v in row.items()
-                                if k.startswith("valid_") and k.endswith("_rmse"))
-            print(f"epoch {epoch + 1:4d}  loss {train_metrics['loss']:.4g}  valid {summary}  "
-                  f"({train_time:.1f} s){'  *' if improved else ''}", flush=True)
+            summary = "  ".join(
+                f"{k[6:]}={v:.4g}" for k, v in row.items() if k.startswith("valid_") and k.endswith("_rmse")
+            )
+            print(
+                f"epoch {epoch + 1:4d}  loss {train_metrics['loss']:.4g}  valid {summary}  "
+                f"({train_time:.1f} s){'  *' if improved else ''}",
+                flush=True,
+            )
             if t.early_stopping_patience and self.epochs_without_improvement >= t.early_stopping_patience:
                 print(f"mlip: early stopping after {epoch + 1} epochs", flush=True)
                 break
@@ -339,8 +389,10 @@ class Trainer:
             best = load_model(self.model_path, self.device, self.dtype)
             test_loader = make_loader(self.data.test, t.valid_batch_size, shuffle=False)
             results["test"] = evaluate(best, test_loader, self.specs, self.device)
-            atomic_write_bytes_via(os.path.join(self.out, "test_metrics.json"),
-                                   lambda h: h.write(json.dumps(results["test"], indent=2).encode()))
+            atomic_write_bytes_via(
+                os.path.join(self.out, "test_metrics.json"),
+                lambda h: h.write(json.dumps(results["test"], indent=2).encode()),
+            )
             print("test set errors (best model):\n" + format_metrics_table(results["test"], self.specs))
         if wandb_run is not None:
             wandb_run.finish()
@@ -352,8 +404,14 @@ class Trainer:
             return None
         import wandb
 
-        return wandb.init(project=lg.wandb_project, name=lg.wandb_name, mode=lg.wandb_mode,
-                          dir=self.out, config=self.cfg.to_dict(), resume="allow")
+        return wandb.init(
+            project=lg.wandb_project,
+            name=lg.wandb_name,
+            mode=lg.wandb_mode,
+            dir=self.out,
+            config=self.cfg.to_dict(),
+            resume="allow",
+        )
 
 
 def train(cfg: Config) -> dict:
