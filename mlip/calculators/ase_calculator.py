@@ -5,7 +5,9 @@
 >>> atoms.get_potential_energy(), atoms.get_forces(), atoms.get_stress()
 
 Units: energy eV, forces eV/Å, stress eV/Å³ (ASE sign and Voigt order), dipole as trained
-(e·Å for the shipped configs), polarizability 3×3 as trained (Å³).
+(e·Å for the shipped configs), polarizability 3×3 as trained (Å³). Every tensor target of the model
+is a calculator property under its name: ``calc.get_property("polarizability", atoms)``; per-atom
+targets have shape ``[N, ...]``.
 
 The model is loaded once; each call rebuilds only the neighbour list and a few small tensors.
 """
@@ -73,8 +75,11 @@ class MLIPCalculator(Calculator):
         self.cutoff = self.model.cutoff
         self._known_numbers = set(self.model.species)
         self._checked_numbers: bytes | None = None
-        names = set(self.model.tensor_target_names)
-        self.tensor_names = names
+        self.tensor_names = list(self.model.tensor_target_names)
+        # Per instance: energy properties only if the model has an energy head, plus its tensor targets
+        # (a target named "dipole" makes atoms.get_dipole_moment() work).
+        energy_props = ["energy", "free_energy", "energies", "forces", "stress"] if self.model.has_energy else []
+        self.implemented_properties = energy_props + self.tensor_names
         self.has_energy = self.model.has_energy
 
     def _check(self, atoms) -> None:
