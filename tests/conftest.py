@@ -29,10 +29,21 @@ def tiny_raw_config(output_dir: Path, **overrides) -> dict:
             "e0s": str(DATA / "ethanol" / "isolated_atoms.xyz"),
         },
         "targets": {"energy": {"key": "energy", "weight": 1.0}, "forces": {"key": "forces", "weight": 10.0}},
-        "model": {"channels": 16, "num_layers": 2, "lmax": 2, "num_radial": 6, "radial_hidden": 16,
-                  "readout_hidden": 16},
-        "training": {"batch_size": 6, "max_epochs": 3, "lr": 0.005, "ema_decay": 0.9,
-                     "early_stopping_patience": None},
+        "model": {
+            "channels": 16,
+            "num_layers": 2,
+            "lmax": 2,
+            "num_radial": 6,
+            "radial_hidden": 16,
+            "readout_hidden": 16,
+        },
+        "training": {
+            "batch_size": 6,
+            "max_epochs": 3,
+            "lr": 0.005,
+            "ema_decay": 0.9,
+            "early_stopping_patience": None,
+        },
         "logging": {"progress_bar": False},
     }
     for dotted, value in overrides.items():

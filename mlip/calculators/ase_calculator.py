@@ -37,7 +37,8 @@ class MLIPCalculator(Calculator):
             ``weights_only=True``), or an ``MLIPModel`` instance.
         device: ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``"auto"``.
         dtype: ``"float64"`` (default, for MD) or ``"float32"`` (faster).
-        min_distance: raise if two atoms come closer than this (Å); 0 disables.
+        min_distance: raise if two atoms come closer than this (Å; default 0.1, far below any
+            bond, catches coincident atoms that would otherwise give NaN); 0 disables.
     """
 
     implemented_properties = [
@@ -55,7 +56,7 @@ class MLIPCalculator(Calculator):
         model: str | MLIPModel,
         device: str = "auto",
         dtype: str = "float64",
-        min_distance: float = 0.0,
+        min_distance: float = 0.1,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -78,7 +79,9 @@ class MLIPCalculator(Calculator):
         self.tensor_names = list(self.model.tensor_target_names)
         # Per instance: energy properties only if the model has an energy head, plus its tensor targets
         # (a target named "dipole" makes atoms.get_dipole_moment() work).
-        energy_props = ["energy", "free_energy", "energies", "forces", "stress"] if self.model.has_energy else []
+        energy_props = (
+            ["energy", "free_energy", "energies", "forces", "stress"] if self.model.has_energy else []
+        )
         self.implemented_properties = energy_props + self.tensor_names
         self.has_energy = self.model.has_energy
 

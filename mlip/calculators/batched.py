@@ -24,12 +24,13 @@ def predict_batches(
     source: str = "input",
     progress: bool = False,
     labels: Sequence[dict] | None = None,
+    min_distance: float = 0.1,
 ) -> Iterator[tuple[Batch, dict[str, torch.Tensor], list[int]]]:
     """Yield ``(batch, predictions, structure indices)`` for consecutive batches.
 
-    Every structure is validated first (known elements, finite positions, sane cell), with errors
-    naming ``source`` and the structure index. Stress is computed for batches whose structures are
-    all periodic.
+    Every structure is validated first (known elements, finite positions, sane cell, no atoms closer
+    than ``min_distance`` Å), with errors naming ``source`` and the structure index. Stress is
+    computed for batches whose structures are all periodic.
     """
     dtype = next(model.parameters()).dtype
     names = {s.name for s in model.target_specs}
@@ -47,6 +48,7 @@ def predict_batches(
                     model.cutoff,
                     labels[i] if labels else None,
                     {s.name: s for s in model.target_specs},
+                    min_distance=min_distance,
                     source=where(source, i),
                     dtype=dtype,
                 )

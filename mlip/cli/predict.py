@@ -10,16 +10,29 @@ interrupted run leaves no partial output.
 from __future__ import annotations
 
 import io
+import os
 
 import ase.io
 import numpy as np
 from ase.stress import full_3x3_to_voigt_6_stress
 
 from mlip.calculators.batched import predict_batches
-from mlip.data.reading import read_atoms
+from mlip.data.reading import check_structure, normalise_pbc, read_atoms
+from mlip.errors import MLIPError, where
 from mlip.model.potential import load_model
 from mlip.training.checkpoint import atomic_write_bytes_via
 from mlip.training.trainer import select_device
+
+
+def check_writable(path: str) -> None:
+    """Raise a one-line error if ``path`` cannot be created (parent missing or not a folder, no rights)."""
+    folder = os.path.dirname(os.path.abspath(path)) or "."
+    if not os.path.isdir(folder):
+        raise MLIPError(f"{path}: cannot write (folder {folder} does not exist or is not a folder)")
+    if not os.access(folder, os.W_OK):
+        raise MLIPError(f"{path}: cannot write (no permission in {folder})")
+    if os.path.isdir(path):
+        raise MLIPError(f"{path}: cannot write (is a directory)")
 
 
 def run_predict(
@@ -37,6 +50,11 @@ def run_predict(
     dev = select_device(device)
     model = load_model(model_path, dev, torch.float64 if dtype == "float64" else torch.float32)
     frames = read_atoms(data_path)
+    # Fail fast, before any compute: every structure valid, output location writable.
+    known = set(model.species)
+    for i, atoms in enumerate(frames):
+        check_structure(normalise_pbc(atoms), where(data_path, i), allowed_numbers=known)
+    check_writable(output)
     per_atom = {s.name for s in model.target_specs if s.per_atom}
     for batch, pred, idx in predict_batches(model, frames, batch_size, dev, data_path, progress=progress):
         ptr = batch.ptr.cpu().numpy()

@@ -9,7 +9,7 @@ file, the structure index and the key.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import ase
@@ -38,8 +38,12 @@ class LabelledStructure:
     index: int = 0
 
 
-def read_atoms(path: str | os.PathLike, index: str = ":", fmt: str | None = None) -> list[ase.Atoms]:
-    """Read all structures of ``path`` with ASE, turning every failure into one line."""
+def iter_atoms(path: str | os.PathLike, fmt: str | None = None) -> Iterator[ase.Atoms]:
+    """Yield the structures of ``path`` one at a time (constant memory), with one-line errors.
+
+    A frame that cannot be parsed (truncated last frame, non-numeric column, ...) raises an
+    :class:`MLIPError` naming the file and the index of that structure.
+    """
     path = os.fspath(path)
     if not os.path.exists(path):
         raise MLIPError(f"{path}: file not found")
@@ -47,19 +51,26 @@ def read_atoms(path: str | os.PathLike, index: str = ":", fmt: str | None = None
         raise MLIPError(f"{path}: is a directory, expected a structure file")
     if os.path.getsize(path) == 0:
         raise MLIPError(f"{path}: file is empty (no structures)")
+    index = 0
     try:
-        frames = ase.io.read(path, index=index, format=fmt)
-    except StopIteration:
-        raise MLIPError(f"{path}: no structures found") from None
+        for atoms in ase.io.iread(path, index=":", format=fmt):
+            yield atoms
+            index += 1
+    except MLIPError:
+        raise
     except Exception as err:  # ASE raises many types; keep the message, drop the traceback
         msg = str(err).strip().splitlines()
         detail = msg[-1] if msg else type(err).__name__
-        raise MLIPError(f"{path}: could not be read ({type(err).__name__}: {detail})") from None
-    if isinstance(frames, ase.Atoms):
-        frames = [frames]
-    if len(frames) == 0:
+        raise MLIPError(
+            f"{path}, structure {index}: could not be read ({type(err).__name__}: {detail[:200]})"
+        ) from None
+    if index == 0:
         raise MLIPError(f"{path}: no structures found")
-    return frames
+
+
+def read_atoms(path: str | os.PathLike, fmt: str | None = None) -> list[ase.Atoms]:
+    """Read all structures of ``path`` with ASE, turning every failure into one line."""
+    return list(iter_atoms(path, fmt))
 
 
 def _raw_label(atoms: ase.Atoms, key: str) -> np.ndarray | None:

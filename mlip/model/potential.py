@@ -101,6 +101,14 @@ class MLIPModel(nn.Module):
             )
 
     # ------------------------------------------------------------------ helpers
+    def _e0_float64(self, device: torch.device) -> torch.Tensor:
+        cached = getattr(self, "_e0_cache", None)
+        if cached is None or cached.device != device:
+            values = [float(self.hyperparameters["e0s"].get(z, 0.0)) for z in self.species]
+            cached = torch.tensor(values, dtype=torch.float64, device=device)
+            self._e0_cache = cached
+        return cached
+
     @property
     def tensor_target_names(self) -> list[str]:
         return [s.name for s in self.target_specs if s.is_tensor]
@@ -160,8 +168,13 @@ class MLIPModel(nn.Module):
         out: dict[str, torch.Tensor] = {}
         if self.has_energy:
             eps = self.energy_head(features)
-            node_energy = self.scale * eps + self.shift + self.e0[species]
-            energy = _scatter_sum(node_energy, batch, num_graphs)
+            interaction = self.scale * eps + self.shift
+            # E0s come from the exact float64 values in the hyperparameters (the ``e0`` buffer may
+            # have been rounded by a float32 run), and totals accumulate in float64: a float32 model
+            # still gives the total of 10⁵ atoms (≈ −10⁸ eV of reference energies) to below a meV.
+            e0_64 = self._e0_float64(pos.device)[species]
+            node_energy = interaction + e0_64.to(interaction.dtype)
+            energy = _scatter_sum(interaction.double() + e0_64, batch, num_graphs)
             out["energy"] = energy
             out["node_energy"] = node_energy
             if need_grad:

@@ -60,8 +60,13 @@ def safe_torch_load(path: str) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else "unpickling refused"
-        raise MLIPError(f"{path}: refused to load (unsafe or not an mlip file: {first[:160]})") from None
+        lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+        detail = next((line for line in lines if "Unsupported global" in line or "load key" in line), "")
+        detail = f" ({detail[:120]})" if detail else ""
+        raise MLIPError(
+            f"{path}: refused to load: corrupted, not an mlip file, or it contains code that "
+            f"weights-only loading will not run{detail}"
+        ) from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise MLIPError(f"{path}: corrupted or truncated file ({first[:160]})") from None

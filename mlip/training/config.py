@@ -33,6 +33,7 @@ class DataConfig:
     cutoff: float = 5.0  # Å
     min_distance: float = 0.1  # Å; closer atoms are an input error
     e0s: Any = "auto"  # "auto" (isolated atoms, else fit) | "fit" | "zero" | {element: eV}
+    preprocessed_dir: str | None = None  # train from this `mlip preprocess` store (streamed from disk)
 
 
 @dataclass
@@ -203,6 +204,41 @@ def _check_type(value: Any, tp: Any, loc: str, source: str) -> Any:
     return value
 
 
+# Names users bring from other codes (MACE, NequIP, SchNetPack) → our key, for "did you mean".
+ALIASES = {
+    "learning_rate": "lr",
+    "epochs": "max_epochs",
+    "max_num_epochs": "max_epochs",
+    "num_epochs": "max_epochs",
+    "r_max": "cutoff",
+    "r_cut": "cutoff",
+    "rcut": "cutoff",
+    "num_channels": "channels",
+    "hidden_channels": "channels",
+    "max_L": "lmax",
+    "l_max": "lmax",
+    "num_interactions": "num_layers",
+    "num_radial_basis": "num_radial",
+    "batch": "batch_size",
+    "ema": "ema_decay",
+    "patience": "early_stopping_patience",
+    "train_file_path": "train_file",
+    "valid_file_path": "valid_file",
+    "test_file_path": "test_file",
+    "seed_value": "seed",
+    "default_dtype": "dtype",
+    "clip_grad": "clip_grad_norm",
+}
+
+
+def _suggest(key: str, names: list[str]) -> str | None:
+    alias = ALIASES.get(key)
+    if alias in names:
+        return alias
+    close = difflib.get_close_matches(key, names, n=1, cutoff=0.6)
+    return close[0] if close else None
+
+
 def _build(cls: type, raw: Any, loc: str, source: str) -> Any:
     if raw is None:
         raw = {}
@@ -214,8 +250,8 @@ def _build(cls: type, raw: Any, loc: str, source: str) -> Any:
     for key, value in raw.items():
         where = f"{loc}.{key}" if loc else str(key)
         if key not in names:
-            close = difflib.get_close_matches(str(key), names, n=1, cutoff=0.6)
-            hint = f" (did you mean '{close[0]}'?)" if close else f" (known: {', '.join(names)})"
+            close = _suggest(str(key), names)
+            hint = f" (did you mean '{close}'?)" if close else f" (known: {', '.join(names)})"
             raise MLIPError(f"{source}: unknown key '{where}'{hint}")
         tp = hints[key]
         if dataclasses.is_dataclass(tp):

@@ -97,8 +97,23 @@ def test_md_runs_and_writes_trajectory(trained_run, tmp_path):
     from scripts.run_md import main as run_md
 
     traj = tmp_path / "md.traj"
-    assert run_md([str(trained_run / "model.pt"), str(DATA / "ethanol" / "test.xyz"), "--steps", "10",
-                   "--trajectory", str(traj), "--log-every", "5", "--device", "cpu"]) == 0
+    assert (
+        run_md(
+            [
+                str(trained_run / "model.pt"),
+                str(DATA / "ethanol" / "test.xyz"),
+                "--steps",
+                "10",
+                "--trajectory",
+                str(traj),
+                "--log-every",
+                "5",
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     frames = ase.io.read(traj, ":")
     assert len(frames) >= 2
     assert np.all(np.isfinite(frames[-1].positions))

@@ -39,8 +39,9 @@ def _molecule(rng: np.random.Generator, n: int = 5) -> Atoms:
 
 def _crystal(rng: np.random.Generator, n: int = 3) -> Atoms:
     cell = np.array([[4.0, 0.0, 0.0], [1.0, 4.2, 0.0], [0.5, -0.6, 4.5]])
-    return Atoms(numbers=rng.choice([1, 6, 8], size=n), scaled_positions=rng.uniform(size=(n, 3)),
-                 cell=cell, pbc=True)
+    return Atoms(
+        numbers=rng.choice([1, 6, 8], size=n), scaled_positions=rng.uniform(size=(n, 3)), cell=cell, pbc=True
+    )
 
 
 def _check_error(err: pytest.ExceptionInfo, *fragments: str) -> str:
@@ -88,8 +89,14 @@ def labelled_file(tmp_path):
     atoms.info.update(REF_energy=-3.0, virial=virial)
     atoms.arrays["REF_forces"] = np.zeros((2, 3))
     frames.append(atoms)
-    truth.append(dict(energy=-3.0, forces=np.zeros((2, 3)), stress=-virial / atoms.get_volume(),
-                      numbers=atoms.numbers.copy()))
+    truth.append(
+        dict(
+            energy=-3.0,
+            forces=np.zeros((2, 3)),
+            stress=-virial / atoms.get_volume(),
+            numbers=atoms.numbers.copy(),
+        )
+    )
     return _write(tmp_path / "train.xyz", frames), truth
 
 
@@ -109,9 +116,11 @@ def test_read_labelled_info_and_arrays(labelled_file):
 
 def test_read_labelled_calculator_results(labelled_file):
     path, truth = labelled_file
-    specs = [TargetSpec(name="energy", kind="energy", key="energy"),
-             TargetSpec(name="forces", kind="forces", key="forces"),
-             TargetSpec(name="stress", kind="stress", key="stress")]
+    specs = [
+        TargetSpec(name="energy", kind="energy", key="energy"),
+        TargetSpec(name="forces", kind="forces", key="forces"),
+        TargetSpec(name="stress", kind="stress", key="stress"),
+    ]
     frames = read_atoms(path)
     for k, (atoms, t) in enumerate(zip(frames[:4], truth)):
         loc = f"{path}, structure {k}"
@@ -155,9 +164,11 @@ def test_read_stress_voigt_matrix_and_virial(labelled_file):
 def test_unit_factor(labelled_file):
     path, truth = labelled_file
     hartree = UNIT_FACTORS["Hartree"]
-    specs = [TargetSpec(name="energy", kind="energy", key="REF_energy", unit_factor=hartree),
-             TargetSpec(name="forces", kind="forces", key="REF_forces", unit_factor=0.5),
-             TargetSpec(name="stress", kind="stress", key="REF_stress", virial_key="virial", unit_factor=2.0)]
+    specs = [
+        TargetSpec(name="energy", kind="energy", key="REF_energy", unit_factor=hartree),
+        TargetSpec(name="forces", kind="forces", key="REF_forces", unit_factor=0.5),
+        TargetSpec(name="stress", kind="stress", key="REF_stress", virial_key="virial", unit_factor=2.0),
+    ]
     frames = read_atoms(path)
     for k, atoms in enumerate(frames):
         loc = f"{path}, structure {k}"
@@ -292,8 +303,12 @@ def test_unknown_element():
 
 
 def test_zero_volume_cell(tmp_path):
-    flat = Atoms("CO", positions=[[0, 0, 0], [1.1, 0.3, 0]], pbc=True,
-                 cell=[[3.0, 0.0, 0.0], [0.0, 3.0, 0.0], [1.5, 1.5, 0.0]])
+    flat = Atoms(
+        "CO",
+        positions=[[0, 0, 0], [1.1, 0.3, 0]],
+        pbc=True,
+        cell=[[3.0, 0.0, 0.0], [0.0, 3.0, 0.0], [1.5, 1.5, 0.0]],
+    )
     with pytest.raises(MLIPError) as err:
         check_structure(flat, "cell.xyz, structure 0")
     _check_error(err, "cell.xyz", "structure 0", "degenerate")
@@ -305,8 +320,12 @@ def test_zero_volume_cell(tmp_path):
         read_labelled(path, [ENERGY])
     _check_error(err, "cell.xyz", "structure 1")
     # periodic along an axis whose cell vector is zero
-    slab = Atoms("CO", positions=[[0, 0, 0], [1.1, 0.3, 0]], pbc=[True, True, True],
-                 cell=[[3.0, 0.0, 0.0], [0.0, 3.0, 0.0], [0.0, 0.0, 0.0]])
+    slab = Atoms(
+        "CO",
+        positions=[[0, 0, 0], [1.1, 0.3, 0]],
+        pbc=[True, True, True],
+        cell=[[3.0, 0.0, 0.0], [0.0, 3.0, 0.0], [0.0, 0.0, 0.0]],
+    )
     with pytest.raises(MLIPError) as err:
         check_structure(slab, "cell.xyz, structure 7")
     _check_error(err, "cell.xyz", "structure 7", "axis 2")
@@ -359,8 +378,10 @@ def _brute_force(positions, cell, pbc, cutoff):
 def _as_set(positions, cell, i, j, shifts, d):
     vec = positions[j] - positions[i] + shifts @ cell
     np.testing.assert_allclose(np.linalg.norm(vec, axis=1), d, atol=1e-10)
-    return {(int(a), int(b), tuple(int(round(x)) for x in s), round(float(r), 9))
-            for a, b, s, r in zip(i, j, shifts, d)}
+    return {
+        (int(a), int(b), tuple(int(round(x)) for x in s), round(float(r), 9))
+        for a, b, s, r in zip(i, j, shifts, d)
+    }
 
 
 def test_neighbours_cell_smaller_than_cutoff():
@@ -371,8 +392,9 @@ def test_neighbours_cell_smaller_than_cutoff():
     d = np.sort(d)
     np.testing.assert_allclose(d[:6], 2.0, atol=1e-12)
     np.testing.assert_allclose(d[6:], np.sqrt(8.0), atol=1e-12)
-    assert _as_set(positions, cell, i, j, shifts, np.linalg.norm(shifts @ cell, axis=1)) == \
-        _brute_force(positions, cell, pbc, 3.0)
+    assert _as_set(positions, cell, i, j, shifts, np.linalg.norm(shifts @ cell, axis=1)) == _brute_force(
+        positions, cell, pbc, 3.0
+    )
     # the same through atoms_to_graph
     graph = atoms_to_graph(Atoms("C", cell=cell, pbc=True), 3.0, dtype=torch.float64)
     assert graph.edge_index.shape == (2, 18) and graph.unit_shifts.shape == (18, 3)
@@ -435,16 +457,22 @@ def test_zero_cell_with_pbc_is_a_molecule(tmp_path):
     assert normalise_pbc(crystal) is crystal
     # read from a file: flagged periodic with a zero lattice, read as a molecule
     path = tmp_path / "zero.xyz"
-    path.write_text('3\nLattice="0 0 0 0 0 0 0 0 0" Properties=species:S:1:pos:R:3 REF_energy=-2.5 '
-                    'pbc="T T T"\nC 0 0 0\nO 1.2 0 0\nH 0 1.0 0.3\n')
+    path.write_text(
+        '3\nLattice="0 0 0 0 0 0 0 0 0" Properties=species:S:1:pos:R:3 REF_energy=-2.5 '
+        'pbc="T T T"\nC 0 0 0\nO 1.2 0 0\nH 0 1.0 0.3\n'
+    )
     (s,) = read_labelled(path, [ENERGY])
     assert not s.atoms.pbc.any() and float(s.labels["energy"]) == -2.5
 
 
 def test_slab_graph():
     rng = np.random.default_rng(7)
-    atoms = Atoms(numbers=[6] * 4, cell=[[2.5, 0, 0], [0, 2.5, 0], [0, 0, 0]], pbc=[True, True, False],
-                  positions=rng.uniform(size=(4, 3)) * [2.5, 2.5, 3.0])
+    atoms = Atoms(
+        numbers=[6] * 4,
+        cell=[[2.5, 0, 0], [0, 2.5, 0], [0, 0, 0]],
+        pbc=[True, True, False],
+        positions=rng.uniform(size=(4, 3)) * [2.5, 2.5, 3.0],
+    )
     graph = atoms_to_graph(atoms, 3.0, dtype=torch.float64)
     shifts = graph.unit_shifts.numpy()
     assert np.all(shifts[:, 2] == 0) and np.abs(shifts[:, :2]).max() >= 1
@@ -541,8 +569,9 @@ def test_isolated_atoms_from_file_give_e0s(tmp_path):
         frames.append(mol)
     path = _write(tmp_path / "e0.xyz", frames)
     structures = read_labelled(path, [ENERGY, FORCES])
-    isolated = {int(s.atoms.numbers[0]): float(s.labels["energy"])
-                for s in structures if is_isolated_atom(s.atoms)}
+    isolated = {
+        int(s.atoms.numbers[0]): float(s.labels["energy"]) for s in structures if is_isolated_atom(s.atoms)
+    }
     assert isolated == e0
     fitted = fit_e0s([s for s in structures if not is_isolated_atom(s.atoms)], [1, 8], fixed=isolated)
     assert fitted == e0

@@ -23,15 +23,25 @@ def make_model(lmax: int = 3) -> MLIPModel:
         {"name": "energy", "kind": "energy", "key": "energy"},
         {"name": "dipole", "kind": "vector", "key": "mu", "irreps": [[1, 1]]},
         {"name": "polarizability", "kind": "rank2", "key": "alpha", "irreps": [[0, 1], [2, 1]]},
-        {"name": "born", "kind": "rank2", "key": "z", "irreps": [[0, 1], [1, -1], [2, 1]], "per_atom": True,
-         "symmetric": False},
+        {
+            "name": "born",
+            "kind": "rank2",
+            "key": "z",
+            "irreps": [[0, 1], [1, -1], [2, 1]],
+            "per_atom": True,
+            "symmetric": False,
+        },
         {"name": "atomic_sph", "kind": "spherical", "key": "s", "irreps": ALL_IRREPS, "per_atom": True},
         {"name": "global_sph", "kind": "spherical", "key": "g", "irreps": ALL_IRREPS},
     ]
     torch.manual_seed(0)
-    model = MLIPModel([1, 6, 7, 8], CUTOFF, targets=targets,
-                      backbone=dict(channels=12, lmax=lmax, num_layers=2, num_radial=6, radial_hidden=12),
-                      tensor=dict(num_vectors=4, hidden=12)).double()
+    model = MLIPModel(
+        [1, 6, 7, 8],
+        CUTOFF,
+        targets=targets,
+        backbone=dict(channels=12, lmax=lmax, num_layers=2, num_radial=6, radial_hidden=12),
+        tensor=dict(num_vectors=4, hidden=12),
+    ).double()
     with torch.no_grad():
         for p in model.parameters():
             p.add_(0.1 * torch.randn_like(p))
@@ -74,8 +84,12 @@ def spherical_blocks(value: torch.Tensor, irreps) -> list[torch.Tensor]:
     return out
 
 
-ROTATIONS = [("proper", random_o3(1, False)), ("improper", random_o3(2, True)), ("inversion", -np.eye(3)),
-             ("mirror", np.diag([1.0, 1.0, -1.0]))]
+ROTATIONS = [
+    ("proper", random_o3(1, False)),
+    ("improper", random_o3(2, True)),
+    ("inversion", -np.eye(3)),
+    ("mirror", np.diag([1.0, 1.0, -1.0])),
+]
 
 
 @pytest.mark.parametrize("name, rot", ROTATIONS)
@@ -105,7 +119,9 @@ def test_spherical_outputs_transform_with_wigner_d(model, name, rot, target):
     rotated.positions = atoms.positions @ rot.T
     out = predict(model, rotated)[target]
     det = float(np.linalg.det(rot))
-    for (lam, sig), a, b in zip(ALL_IRREPS, spherical_blocks(ref, ALL_IRREPS), spherical_blocks(out, ALL_IRREPS)):
+    for (lam, sig), a, b in zip(
+        ALL_IRREPS, spherical_blocks(ref, ALL_IRREPS), spherical_blocks(out, ALL_IRREPS)
+    ):
         d = torch.tensor(wigner_d(rot, lam))
         sign = det if sig == -1 else 1.0
         expected = sign * a @ d

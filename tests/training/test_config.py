@@ -11,8 +11,10 @@ BASE = {"data": {"train_file": "x.xyz"}}
 
 
 def test_dotted_overrides_parse_yaml_values():
-    raw = apply_overrides({"training": {"max_epochs": 5}}, ["training.max_epochs=2", "output_dir=run1",
-                                                            "training.ema_decay=null", "data.e0s={H: -1.0}"])
+    raw = apply_overrides(
+        {"training": {"max_epochs": 5}},
+        ["training.max_epochs=2", "output_dir=run1", "training.ema_decay=null", "data.e0s={H: -1.0}"],
+    )
     assert raw["training"]["max_epochs"] == 2
     assert raw["output_dir"] == "run1"
     assert raw["training"]["ema_decay"] is None
@@ -60,9 +62,16 @@ def test_missing_and_invalid_yaml_files(tmp_path):
 
 
 def test_tensor_target_specs_units():
-    cfg = load_config(None, raw={**BASE, "targets": {
-        "polarizability": {"key": "alpha", "type": "rank2", "unit": "bohr3"},
-        "efg": {"key": "efg", "type": "spherical", "irreps": [[2, 1]], "per_atom": True}}})
+    cfg = load_config(
+        None,
+        raw={
+            **BASE,
+            "targets": {
+                "polarizability": {"key": "alpha", "type": "rank2", "unit": "bohr3"},
+                "efg": {"key": "efg", "type": "spherical", "irreps": [[2, 1]], "per_atom": True},
+            },
+        },
+    )
     specs = {s.name: s for s in cfg.target_specs()}
     assert specs["polarizability"].irreps == ((0, 1), (2, 1))
     assert specs["polarizability"].unit_factor == pytest.approx(0.529177210903**3)

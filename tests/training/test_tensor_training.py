@@ -16,18 +16,27 @@ from tests.conftest import DATA, tiny_raw_config
 @pytest.fixture(scope="module")
 def tensor_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("tensors")
-    raw = tiny_raw_config(out, **{
-        "data.train_file": str(DATA / "tensors" / "ethanol_b3lyp_train.xyz"),
-        "data.test_file": str(DATA / "tensors" / "ethanol_b3lyp_test.xyz"),
-        "data.max_structures": None,
-        "data.valid_fraction": 0.15,
-        "data.e0s": "fit",
-        "targets": {"energy": {"key": "energy", "weight": 1.0},
-                    "dipole": {"key": "dipole", "type": "vector", "unit": "e*angstrom", "weight": 10.0},
-                    "polarizability": {"key": "polarizability", "type": "rank2", "weight": 1.0}},
-        "training.max_epochs": 12, "training.batch_size": 8, "training.ema_decay": 0.9,
-        "model.channels": 24, "model.radial_hidden": 24, "model.tensor_hidden": 24,
-    })
+    raw = tiny_raw_config(
+        out,
+        **{
+            "data.train_file": str(DATA / "tensors" / "ethanol_b3lyp_train.xyz"),
+            "data.test_file": str(DATA / "tensors" / "ethanol_b3lyp_test.xyz"),
+            "data.max_structures": None,
+            "data.valid_fraction": 0.15,
+            "data.e0s": "fit",
+            "targets": {
+                "energy": {"key": "energy", "weight": 1.0},
+                "dipole": {"key": "dipole", "type": "vector", "unit": "e*angstrom", "weight": 10.0},
+                "polarizability": {"key": "polarizability", "type": "rank2", "weight": 1.0},
+            },
+            "training.max_epochs": 12,
+            "training.batch_size": 8,
+            "training.ema_decay": 0.9,
+            "model.channels": 24,
+            "model.radial_hidden": 24,
+            "model.tensor_hidden": 24,
+        },
+    )
     result = train(load_config(None, raw=raw))
     return out, result
 
@@ -57,7 +66,10 @@ def test_predict_and_eval_with_tensors(tensor_run, tmp_path, capsys):
     out, _ = tensor_run
     pred = tmp_path / "pred.xyz"
     data = str(DATA / "tensors" / "ethanol_b3lyp_test.xyz")
-    assert main(["predict", str(out / "model.pt"), data, "-o", str(pred), "--device", "cpu", "--no-progress"]) == 0
+    assert (
+        main(["predict", str(out / "model.pt"), data, "-o", str(pred), "--device", "cpu", "--no-progress"])
+        == 0
+    )
     frame = ase.io.read(pred, 3)
     assert np.asarray(frame.info["MLIP_dipole"]).shape == (3,)
     assert np.asarray(frame.info["MLIP_polarizability"]).shape == (9,)

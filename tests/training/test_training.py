@@ -38,12 +38,22 @@ def test_model_file_loads_without_config(trained_run):
 
 def test_resume_continues_from_saved_epoch_and_matches_uninterrupted(tmp_path):
     full = tmp_path / "full"
-    train(load_config(None, raw=tiny_raw_config(full, **{"training.max_epochs": 4, "data.max_structures": 30})))
+    train(
+        load_config(None, raw=tiny_raw_config(full, **{"training.max_epochs": 4, "data.max_structures": 30}))
+    )
     part = tmp_path / "part"
-    train(load_config(None, raw=tiny_raw_config(part, **{"training.max_epochs": 2, "data.max_structures": 30})))
+    train(
+        load_config(None, raw=tiny_raw_config(part, **{"training.max_epochs": 2, "data.max_structures": 30}))
+    )
     assert safe_torch_load(str(part / "checkpoint.pt"))["epoch"] == 2
-    train(load_config(None, raw=tiny_raw_config(part, **{"training.max_epochs": 4, "data.max_structures": 30,
-                                                        "resume": True})))
+    train(
+        load_config(
+            None,
+            raw=tiny_raw_config(
+                part, **{"training.max_epochs": 4, "data.max_structures": 30, "resume": True}
+            ),
+        )
+    )
     rows = _rows(part / "metrics.csv")
     assert [int(r["epoch"]) for r in rows] == [1, 2, 3, 4]
     a = safe_torch_load(str(full / "checkpoint.pt"))
@@ -54,15 +64,21 @@ def test_resume_continues_from_saved_epoch_and_matches_uninterrupted(tmp_path):
 
 
 def test_float64_and_stress_training_on_periodic_data(tmp_path):
-    raw = tiny_raw_config(tmp_path, **{
-        "dtype": "float64",
-        "data.train_file": "data/carbon/carbon_reduced_100.xyz",
-        "data.max_structures": 20,
-        "data.e0s": "fit",
-        "targets": {"energy": {"key": "energy"}, "forces": {"key": "force", "weight": 1.0},
-                    "stress": {"key": "stress", "virial_key": "virial", "weight": 10.0}},
-        "training.max_epochs": 2,
-    })
+    raw = tiny_raw_config(
+        tmp_path,
+        **{
+            "dtype": "float64",
+            "data.train_file": "data/carbon/carbon_reduced_100.xyz",
+            "data.max_structures": 20,
+            "data.e0s": "fit",
+            "targets": {
+                "energy": {"key": "energy"},
+                "forces": {"key": "force", "weight": 1.0},
+                "stress": {"key": "stress", "virial_key": "virial", "weight": 10.0},
+            },
+            "training.max_epochs": 2,
+        },
+    )
     result = train(load_config(None, raw=raw))
     assert "stress_rmse" in result["valid"]
     assert torch.isfinite(torch.tensor(result["valid"]["stress_rmse"]))
@@ -72,8 +88,15 @@ def test_wandb_offline_logging(tmp_path, monkeypatch):
     pytest.importorskip("wandb")
     monkeypatch.setenv("WANDB_SILENT", "true")
     monkeypatch.setenv("WANDB_MODE", "offline")
-    raw = tiny_raw_config(tmp_path, **{"training.max_epochs": 1, "data.max_structures": 12,
-                                       "logging.wandb": True, "logging.wandb_mode": "offline"})
+    raw = tiny_raw_config(
+        tmp_path,
+        **{
+            "training.max_epochs": 1,
+            "data.max_structures": 12,
+            "logging.wandb": True,
+            "logging.wandb_mode": "offline",
+        },
+    )
     train(load_config(None, raw=raw))
     runs = list((tmp_path / "wandb").glob("offline-run-*"))
     assert runs, "wandb offline run folder not written"
