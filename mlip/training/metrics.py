@@ -82,8 +82,8 @@ class MetricsAccumulator:
 
 
 def format_metrics_table(metrics: dict[str, float], specs: Sequence[TargetSpec]) -> str:
-    """A plain-text table: quantity | unit | MAE | RMSE."""
-    rows = [("quantity", "unit", "MAE", "RMSE")]
+    """A plain-text table: quantity | unit | MAE | RMSE | RMSE of the mean predictor."""
+    rows = [("quantity", "unit", "MAE", "RMSE", "mean-predictor RMSE")]
     names = []
     for spec in specs:
         names.append(spec.name)
@@ -92,8 +92,17 @@ def format_metrics_table(metrics: dict[str, float], specs: Sequence[TargetSpec])
     for name in names:
         if f"{name}_mae" in metrics:
             unit = UNITS.get(name, "as labelled")
-            rows.append((name, unit, f"{metrics[name + '_mae']:.6g}", f"{metrics[name + '_rmse']:.6g}"))
-    widths = [max(len(r[k]) for r in rows) for k in range(4)]
+            baseline = metrics.get(f"{name}_mean_rmse")
+            rows.append(
+                (
+                    name,
+                    unit,
+                    f"{metrics[name + '_mae']:.6g}",
+                    f"{metrics[name + '_rmse']:.6g}",
+                    f"{baseline:.6g}" if baseline is not None else "-",
+                )
+            )
+    widths = [max(len(r[k]) for r in rows) for k in range(len(rows[0]))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
