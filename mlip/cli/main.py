@@ -1,4 +1,4 @@
-"""``mlip`` command: dispatches to train / eval / predict and turns user errors into one line."""
+"""``mlip`` command: dispatches to train / preprocess / eval / predict; user errors become one line."""
 
 from __future__ import annotations
 
@@ -26,6 +26,31 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="override a config entry, e.g. -o training.max_epochs=2 (repeatable)",
     )
+
+    p = sub.add_parser(
+        "preprocess",
+        help="write a config's data as a sharded on-disk store (data.preprocessed_dir) for large datasets",
+    )
+    p.add_argument("config", help="YAML config file; data.preprocessed_dir says where the store goes")
+    p.add_argument(
+        "-o",
+        "--override",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config entry, e.g. -o data.preprocessed_dir=/scratch/store (repeatable)",
+    )
+    p.add_argument("--shard-size", type=int, default=10_000, help="structures per shard (default 10000)")
+    p.add_argument(
+        "--shard-megabytes", type=float, default=256.0, help="maximum shard size in MB (default 256)"
+    )
+    p.add_argument(
+        "--compression",
+        default="none",
+        choices=["none", "gzip", "lzf"],
+        help="HDF5 compression of the shards (default none: fastest random access)",
+    )
+    p.add_argument("--quiet", action="store_true", help="print nothing but errors")
 
     p = sub.add_parser("eval", help="print MAE/RMSE of a model on a labelled structure file")
     p.add_argument("model", help="model.pt written by mlip train")
@@ -59,6 +84,17 @@ def main(argv: list[str] | None = None) -> int:
             from mlip.cli.train import run_train
 
             run_train(args.config, args.override)
+        elif args.command == "preprocess":
+            from mlip.cli.preprocess import run_preprocess
+
+            run_preprocess(
+                args.config,
+                args.override,
+                shard_structures=args.shard_size,
+                shard_megabytes=args.shard_megabytes,
+                compression=args.compression,
+                quiet=args.quiet,
+            )
         elif args.command == "eval":
             from mlip.cli.evaluate import run_eval
 

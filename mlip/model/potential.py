@@ -230,6 +230,10 @@ def model_from_payload(payload: dict, source: str = "model") -> MLIPModel:
             f"(expects {MODEL_FORMAT_VERSION}); re-export it with a matching mlip version"
         )
     model = MLIPModel(**payload["hyperparameters"])
+    # Build at the stored precision so float64 weights are not rounded through float32.
+    stored = [v.dtype for v in payload["state_dict"].values() if torch.is_tensor(v) and v.is_floating_point()]
+    if stored:
+        model = model.to(stored[0])
     missing, unexpected = model.load_state_dict(payload["state_dict"], strict=False)
     if missing or unexpected:
         raise MLIPError(

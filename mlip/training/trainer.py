@@ -11,11 +11,19 @@ Outputs in ``output_dir``:
 Checkpoints are written atomically every epoch, so a killed run resumes with ``resume=true``.
 Shuffling is seeded by ``seed + epoch``, so a resumed run is bitwise identical on CPU to an
 uninterrupted one.
+
+Data come from the extxyz files (read into memory) or, with ``data.preprocessed_dir``, from a
+store written by ``mlip preprocess`` (:mod:`mlip.data.store`; read from disk on demand). Both
+give the same graphs, statistics and shuffling order, hence the same training.
+
+Under ``torchrun`` (``WORLD_SIZE`` set) the job runs on several processes with
+DistributedDataParallel; see :mod:`mlip.training.distributed`. Without it nothing changes.
 """
 
 from __future__ import annotations
 
 import csv
+import gc
 import json
 import math
 import os
@@ -25,6 +33,8 @@ from dataclasses import dataclass
 import torch
 import yaml
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torch_geometric.data import Batch
+from torch_geometric.loader import DataLoader
 from tqdm import tqdm
 
 from mlip.data.dataset import (
@@ -40,6 +50,7 @@ from mlip.data.dataset import (
 from mlip.errors import MLIPError
 from mlip.model.potential import MLIPModel, model_from_payload, model_payload, save_model
 from mlip.targets import TargetSpec
+from mlip.training import distributed
 from mlip.training.checkpoint import atomic_torch_save, atomic_write_bytes_via, safe_torch_load
 from mlip.training.config import Config
 from mlip.training.loss import weighted_loss
@@ -110,15 +121,35 @@ def _check_output_dir(path: str) -> None:
 
 @dataclass
 class PreparedData:
-    train: list
-    valid: list
-    test: list
+    """Graphs for training: lists (in memory) or :class:`~mlip.data.store.StoreDataset` (on disk)."""
+
+    train: list | torch.utils.data.Dataset
+    valid: list | torch.utils.data.Dataset
+    test: list | torch.utils.data.Dataset
     stats: DatasetStatistics
     specs: list[TargetSpec]
 
 
-def prepare_data(cfg: Config, dtype: torch.dtype) -> PreparedData:
-    """Read files, split, compute statistics and build graphs."""
+def prepare_preprocessed(cfg: Config, dtype: torch.dtype, verify: str = "checksum") -> PreparedData:
+    """Open the ``mlip preprocess`` store of ``cfg`` (verified, and checked against the config)."""
+    from mlip.data.store import PreprocessedStore
+
+    store = PreprocessedStore(cfg.data.preprocessed_dir, verify=verify)
+    store.check_compatible(cfg)
+    train_idx, valid_idx = store.split()
+    train = store.dataset("train", train_idx, dtype)
+    if "valid" in store.parts:
+        valid = store.dataset("valid", None, dtype)
+    else:
+        valid = store.dataset("train", valid_idx, dtype) if valid_idx is not None and len(valid_idx) else []
+    test = store.dataset("test", None, dtype) if "test" in store.parts else []
+    return PreparedData(train, valid, test, store.statistics, cfg.target_specs())
+
+
+def prepare_data(cfg: Config, dtype: torch.dtype, verify: str = "checksum") -> PreparedData:
+    """Read files, split, compute statistics and build graphs (or open the preprocessed store)."""
+    if cfg.data.preprocessed_dir:
+        return prepare_preprocessed(cfg, dtype, verify)
     specs = cfg.target_specs()
     d = cfg.data
     train_structs, isolated = read_for_training(d.train_file, specs, d.format, d.max_structures)
@@ -144,6 +175,13 @@ def prepare_data(cfg: Config, dtype: torch.dtype) -> PreparedData:
 
 def evaluate(model: torch.nn.Module, loader, specs: list[TargetSpec], device: torch.device) -> dict:
     """Metrics of ``model`` on every batch of ``loader``."""
+    return evaluate_accumulator(model, loader, specs, device).compute()
+
+
+def evaluate_accumulator(
+    model: torch.nn.Module, loader, specs: list[TargetSpec], device: torch.device
+) -> MetricsAccumulator:
+    """Error sums of ``model`` over ``loader`` (reduce them across ranks, then ``compute()``)."""
     acc = MetricsAccumulator(specs)
     names = {s.name for s in specs}
     module = model.module if isinstance(model, AveragedModel) else model
@@ -153,7 +191,7 @@ def evaluate(model: torch.nn.Module, loader, specs: list[TargetSpec], device: to
         with torch.enable_grad():
             pred = module(batch, compute_forces="forces" in names, compute_stress="stress" in names)
         acc.update({k: v.detach() for k, v in pred.items()}, batch)
-    return acc.compute()
+    return acc
 
 
 class Trainer:
@@ -161,10 +199,13 @@ class Trainer:
 
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
-        self.device = select_device(cfg.device)
+        self.dist, dist_device = distributed.init(cfg.device)
+        self.is_main = self.dist.is_main
+        self.device = dist_device if dist_device is not None else select_device(cfg.device)
         self.dtype = torch.float64 if cfg.dtype == "float64" else torch.float32
         self.out = cfg.output_dir
-        _check_output_dir(self.out)
+        if self.is_main:
+            _check_output_dir(self.out)
         self.checkpoint_path = os.path.join(self.out, "checkpoint.pt")
         self.model_path = os.path.join(self.out, "model.pt")
         self.csv_path = os.path.join(self.out, "metrics.csv")
@@ -173,10 +214,11 @@ class Trainer:
     def _setup(self) -> None:
         cfg = self.cfg
         torch.manual_seed(cfg.seed)
-        self.data = prepare_data(cfg, self.dtype)
+        # A preprocessed store is checksummed by one process per node; the others check sizes.
+        self.data = prepare_data(cfg, self.dtype, verify="checksum" if self.dist.local_rank == 0 else "size")
         self.specs = self.data.specs
         resume_state = None
-        if cfg.resume and os.path.exists(self.checkpoint_path):
+        if self.is_main and cfg.resume and os.path.exists(self.checkpoint_path):
             resume_state = safe_torch_load(self.checkpoint_path)
             if not isinstance(resume_state, dict) or resume_state.get("format") != "mlip-checkpoint":
                 raise MLIPError(f"{self.checkpoint_path}: not an mlip checkpoint")
@@ -185,10 +227,17 @@ class Trainer:
                     f"{self.checkpoint_path}: checkpoint format version "
                     f"{resume_state.get('format_version')} is not supported"
                 )
+        # Distributed: rank 0's checkpoint goes to every rank (no shared filesystem needed).
+        resume_state = distributed.broadcast_object(resume_state, self.dist)
+        if resume_state is not None:
             self.model = model_from_payload(resume_state["model"], self.checkpoint_path)
         else:
             self.model = build_model(cfg, self.data.stats, self.specs)
         self.model = self.model.to(device=self.device, dtype=self.dtype)
+        if resume_state is not None:
+            # model_from_payload loads into a default-dtype (float32) model: reload the weights
+            # at the training dtype so that a float64 run resumes bit for bit.
+            self.model.load_state_dict(resume_state["model"]["state_dict"])
         t = cfg.training
         opt_cls = torch.optim.AdamW if t.optimizer == "adamw" else torch.optim.Adam
         self.optimizer = opt_cls(self.model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
@@ -220,14 +269,61 @@ class Trainer:
             self.best_valid = float(resume_state["best_valid"])
             self.epochs_without_improvement = int(resume_state["epochs_without_improvement"])
             torch.set_rng_state(resume_state["rng_torch"])
-        self.valid_loader = make_loader(self.data.valid, t.valid_batch_size, shuffle=False)
+        # What the training step calls: the model itself, or its DistributedDataParallel wrapper.
+        self.train_model = distributed.wrap_model(self.model, self.dist, self.device, probe=self._probe)
+        self.valid_loader = self._eval_loader(self.data.valid)
+
+    def _probe(self, model: torch.nn.Module) -> None:
+        """One forward/backward on the first training structure (finds unused parameters)."""
+        batch = Batch.from_data_list([self.data.train[0]]).to(self.device)
+        names = {s.name for s in self.specs}
+        pred = model(batch, compute_forces="forces" in names, compute_stress="stress" in names, training=True)
+        weighted_loss(self.specs, pred, batch)[0].backward()
+
+    # -------------------------------------------------------------- data loaders
+    def _eval_loader(self, data) -> DataLoader:
+        """Validation/test loader: in order; under torchrun this rank's share of the set."""
+        bs = self.cfg.training.valid_batch_size
+        if self.dist.enabled:
+            return DataLoader(distributed.shard_for_rank(data, self.dist), batch_size=bs, shuffle=False)
+        if isinstance(data, list):
+            return make_loader(data, bs, shuffle=False)
+        return DataLoader(data, batch_size=bs, shuffle=False)
+
+    def _train_loader(self, epoch: int) -> DataLoader:
+        """Shuffled by ``seed + epoch``; under torchrun a DistributedSampler deals it out."""
+        cfg, t = self.cfg, self.cfg.training
+        data = self.data.train
+        if self.dist.enabled:
+            sampler = distributed.TrainSampler(
+                data,
+                num_replicas=self.dist.world_size,
+                rank=self.dist.rank,
+                shuffle=True,
+                seed=cfg.seed,
+                drop_last=False,
+            )
+            sampler.set_epoch(epoch)
+            return DataLoader(data, batch_size=t.batch_size, sampler=sampler, num_workers=t.num_workers)
+        if isinstance(data, list):
+            return make_loader(
+                data, t.batch_size, shuffle=True, seed=cfg.seed + epoch, num_workers=t.num_workers
+            )
+        generator = torch.Generator().manual_seed(cfg.seed + epoch)  # the order make_loader gives
+        return DataLoader(
+            data, batch_size=t.batch_size, shuffle=True, generator=generator, num_workers=t.num_workers
+        )
+
+    def _evaluate(self, model: torch.nn.Module, data) -> dict:
+        """Metrics on ``data`` (under torchrun: each rank its share, sums all-reduced)."""
+        loader = data if isinstance(data, DataLoader) else self._eval_loader(data)
+        acc = evaluate_accumulator(model, loader, self.specs, self.device)
+        return distributed.reduce_metrics(acc, self.dist).compute()
 
     # -------------------------------------------------------------- steps
     def _train_epoch(self, epoch: int) -> dict:
         cfg, t = self.cfg, self.cfg.training
-        loader = make_loader(
-            self.data.train, t.batch_size, shuffle=True, seed=cfg.seed + epoch, num_workers=t.num_workers
-        )
+        loader = self._train_loader(epoch)
         names = {s.name for s in self.specs}
         self.model.train()
         acc = MetricsAccumulator(self.specs)
@@ -236,18 +332,24 @@ class Trainer:
             loader,
             desc=f"epoch {epoch + 1}/{t.max_epochs}",
             leave=False,
-            disable=not cfg.logging.progress_bar,
+            disable=not (cfg.logging.progress_bar and self.is_main),
             dynamic_ncols=True,
         )
         for batch in bar:
             batch = batch.to(self.device)
-            pred = self.model(
+            pred = self.train_model(
                 batch, compute_forces="forces" in names, compute_stress="stress" in names, training=True
             )
             loss, _ = weighted_loss(self.specs, pred, batch)
-            if not torch.isfinite(loss):
+            # Under torchrun all ranks skip a batch together (DDP needs every rank's backward).
+            finite = bool(torch.isfinite(loss))
+            if self.dist.enabled:
+                finite = distributed.all_true(finite, self.dist)
+            if not finite:
                 bad_streak += 1
                 self.optimizer.zero_grad(set_to_none=True)
+                if self.dist.is_main:
+                    tqdm.write(f"mlip: warning: epoch {epoch + 1}: skipped a batch with NaN/Inf loss")
                 if bad_streak >= t.skip_nan_batches:
                     raise MLIPError(
                         f"training stopped at epoch {epoch + 1}: loss was NaN/Inf for {bad_streak} "
@@ -267,6 +369,11 @@ class Trainer:
             running += float(loss.detach())
             n_batches += 1
             bar.set_postfix(loss=f"{running / n_batches:.4g}")
+        if self.dist.enabled:
+            distributed.reduce_metrics(acc, self.dist)
+            totals = torch.tensor([running, float(n_batches)], dtype=torch.float64)
+            totals = distributed.all_reduce_sum(totals, self.dist)
+            running, n_batches = float(totals[0]), int(totals[1])
         metrics = acc.compute()
         metrics["loss"] = running / max(n_batches, 1)
         return metrics
@@ -299,6 +406,13 @@ class Trainer:
     def _best_module(self) -> MLIPModel:
         return self.ema.module if self.ema is not None else self.model
 
+    def _truncate_csv(self, last_epoch: int) -> None:
+        with open(self.csv_path, newline="") as handle:
+            rows = list(csv.reader(handle))
+        kept = rows[:1] + [r for r in rows[1:] if r and int(r[0]) <= last_epoch]
+        text = "".join(",".join(r) + "\n" for r in kept)
+        atomic_write_bytes_via(self.csv_path, lambda h: h.write(text.encode()))
+
     def _write_csv(self, row: dict) -> None:
         new = not os.path.exists(self.csv_path)
         existing_fields = None
@@ -314,34 +428,53 @@ class Trainer:
 
     # -------------------------------------------------------------- main loop
     def run(self) -> dict:
-        """Train; returns the final validation (and test) metrics."""
+        """Train; returns the final validation (and test) metrics (on every rank)."""
+        try:
+            results = self._run()
+            distributed.barrier(self.dist)  # every rank done before the group goes away
+            return results
+        finally:
+            if self.dist.enabled:
+                # Free the DDP wrapper (its reducer holds the process group) before destroying
+                # the group: destroying it first can hang the interpreter at exit.
+                self.train_model = None
+                gc.collect()
+            distributed.cleanup(self.dist)
+
+    def _log(self, text: str) -> None:
+        if self.is_main:
+            print(text, flush=True)
+
+    def _run(self) -> dict:
         cfg, t = self.cfg, self.cfg.training
         self._setup()
-        atomic_write_bytes_via(
-            os.path.join(self.out, "config.yaml"),
-            lambda h: h.write(yaml.safe_dump(cfg.to_dict(), sort_keys=False).encode()),
-        )
-        wandb_run = self._init_wandb()
-        if self.start_epoch == 0 and os.path.exists(self.csv_path):
-            os.remove(self.csv_path)
+        main = self.is_main
+        if main:
+            atomic_write_bytes_via(
+                os.path.join(self.out, "config.yaml"),
+                lambda h: h.write(yaml.safe_dump(cfg.to_dict(), sort_keys=False).encode()),
+            )
+        wandb_run = self._init_wandb() if main else None
+        if main and os.path.exists(self.csv_path):
+            if self.start_epoch == 0:
+                os.remove(self.csv_path)
+            else:  # resumed: drop rows of epochs the checkpoint does not contain (they are redone)
+                self._truncate_csv(self.start_epoch)
         start_time = time.perf_counter()
         last_valid: dict = {}
         n_train = len(self.data.train)
-        print(
-            f"mlip: training on {n_train} structures, validating on {len(self.data.valid)}, "
-            f"{sum(p.numel() for p in self.model.parameters())} parameters, device {self.device}",
-            flush=True,
+        source = f"store {cfg.data.preprocessed_dir}" if cfg.data.preprocessed_dir else "in memory"
+        ranks = f", {self.dist.world_size} processes" if self.dist.enabled else ""
+        self._log(
+            f"mlip: training on {n_train} structures, validating on {len(self.data.valid)} ({source}), "
+            f"{sum(p.numel() for p in self.model.parameters())} parameters, device {self.device}{ranks}"
         )
         for epoch in range(self.start_epoch, t.max_epochs):
             epoch_start = time.perf_counter()
             train_metrics = self._train_epoch(epoch)
             train_time = time.perf_counter() - epoch_start
             evaluated = self.ema if self.ema is not None else self.model
-            valid_metrics = (
-                evaluate(evaluated, self.valid_loader, self.specs, self.device)
-                if self.data.valid
-                else train_metrics
-            )
+            valid_metrics = self._evaluate(evaluated, self.valid_loader) if self.data.valid else train_metrics
             last_valid = valid_metrics
             score = self._valid_score(valid_metrics)
             if isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
@@ -352,10 +485,10 @@ class Trainer:
             if improved:
                 self.best_valid = score
                 self.epochs_without_improvement = 0
-                save_model(self._best_module(), self.model_path)
+                if main:
+                    save_model(self._best_module(), self.model_path)
             else:
                 self.epochs_without_improvement += 1
-            self._save_checkpoint(epoch + 1)
             row = {
                 "epoch": epoch + 1,
                 "lr": self.optimizer.param_groups[0]["lr"],
@@ -365,38 +498,53 @@ class Trainer:
             }
             row.update({f"train_{k}": v for k, v in train_metrics.items() if k.endswith(("_mae", "_rmse"))})
             row.update({f"valid_{k}": v for k, v in valid_metrics.items() if k.endswith(("_mae", "_rmse"))})
-            self._write_csv(row)
+            if main:  # metrics row first, then the checkpoint: a kill in between repeats the epoch
+                self._write_csv(row)
+                self._save_checkpoint(epoch + 1)
             if wandb_run is not None:
                 wandb_run.log(row, step=epoch + 1)
             summary = "  ".join(
-                f"{k[6:]}={v:.4g}" for k, v in row.items() if k.startswith("valid_") and k.endswith("_rmse")
+                f"{k[6:]}={v:.4g}"
+                for k, v in row.items()
+                if k.startswith("valid_") and k.endswith("_rmse") and not k.endswith("_mean_rmse")
             )
-            print(
+            self._log(
                 f"epoch {epoch + 1:4d}  loss {train_metrics['loss']:.4g}  valid {summary}  "
-                f"({train_time:.1f} s){'  *' if improved else ''}",
-                flush=True,
+                f"({train_time:.1f} s){'  *' if improved else ''}"
             )
             if t.early_stopping_patience and self.epochs_without_improvement >= t.early_stopping_patience:
-                print(f"mlip: early stopping after {epoch + 1} epochs", flush=True)
+                self._log(f"mlip: early stopping after {epoch + 1} epochs")
                 break
-            if t.max_time_minutes and time.perf_counter() - start_time > 60 * t.max_time_minutes:
-                print(f"mlip: time budget of {t.max_time_minutes} min reached", flush=True)
+            elapsed = time.perf_counter() - start_time
+            over_time = bool(t.max_time_minutes) and elapsed > 60 * t.max_time_minutes
+            if distributed.any_true(over_time, self.dist):  # one rank over budget stops all together
+                self._log(f"mlip: time budget of {t.max_time_minutes} min reached")
                 break
         results = {"valid": last_valid}
         if self.data.test:
-            from mlip.model.potential import load_model
-
-            best = load_model(self.model_path, self.device, self.dtype)
-            test_loader = make_loader(self.data.test, t.valid_batch_size, shuffle=False)
-            results["test"] = evaluate(best, test_loader, self.specs, self.device)
-            atomic_write_bytes_via(
-                os.path.join(self.out, "test_metrics.json"),
-                lambda h: h.write(json.dumps(results["test"], indent=2).encode()),
-            )
-            print("test set errors (best model):\n" + format_metrics_table(results["test"], self.specs))
+            best = self._load_best()
+            results["test"] = self._evaluate(best, self.data.test)
+            if main:
+                atomic_write_bytes_via(
+                    os.path.join(self.out, "test_metrics.json"),
+                    lambda h: h.write(json.dumps(results["test"], indent=2).encode()),
+                )
+            self._log("test set errors (best model):\n" + format_metrics_table(results["test"], self.specs))
         if wandb_run is not None:
             wandb_run.finish()
         return results
+
+    def _load_best(self) -> MLIPModel:
+        """The best model as saved in model.pt (read by rank 0 and broadcast under torchrun)."""
+        if not self.dist.enabled:
+            from mlip.model.potential import load_model
+
+            return load_model(self.model_path, self.device, self.dtype)
+        distributed.barrier(self.dist)
+        payload = safe_torch_load(self.model_path) if self.is_main else None
+        payload = distributed.broadcast_object(payload, self.dist)
+        best = model_from_payload(payload, self.model_path)
+        return best.to(device=self.device, dtype=self.dtype).eval()
 
     def _init_wandb(self):
         lg = self.cfg.logging
