@@ -76,3 +76,16 @@ def test_tensor_target_specs_units():
     assert specs["polarizability"].irreps == ((0, 1), (2, 1))
     assert specs["polarizability"].unit_factor == pytest.approx(0.529177210903**3)
     assert specs["efg"].per_atom and specs["efg"].label_shape == (5,)
+
+
+@pytest.mark.parametrize("path", sorted(p.name for p in __import__("pathlib").Path("configs").glob("*.yaml")))
+def test_shipped_configs_are_valid_and_their_files_exist(path):
+    import os
+
+    cfg = load_config(f"configs/{path}")
+    for name in ("train_file", "valid_file", "test_file"):
+        value = getattr(cfg.data, name)
+        assert value is None or os.path.exists(value), (path, name, value)
+    if isinstance(cfg.data.e0s, str) and cfg.data.e0s not in ("auto", "fit", "zero"):
+        assert os.path.exists(cfg.data.e0s)
+    assert cfg.target_specs()
