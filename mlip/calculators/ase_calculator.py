@@ -10,6 +10,10 @@ is a calculator property under its name: ``calc.get_property("polarizability", a
 targets have shape ``[N, ...]``.
 
 The model is loaded once; each call rebuilds only the neighbour list and a few small tensors.
+With ``skin > 0`` (e.g. ``skin=1.0`` for MD) even the neighbour list is reused: it is built once
+with ``cutoff + skin`` and, while no atom has moved more than ``skin / 2`` since (and numbers,
+cell and periodicity are unchanged), each call only recomputes the distances of those candidate
+pairs and keeps the ones within the cutoff, which are exactly the pairs a fresh list would give.
 """
 
 from __future__ import annotations
@@ -20,8 +24,10 @@ import numpy as np
 import torch
 from ase.calculators.calculator import Calculator, all_changes
 from ase.stress import full_3x3_to_voigt_6_stress
+from torch_geometric.data import Data
 
 from mlip.data.graph import atoms_to_graph
+from mlip.data.neighbours import build_neighbour_list
 from mlip.data.reading import check_structure, normalise_pbc
 from mlip.errors import MLIPError
 from mlip.model.potential import MLIPModel, load_model
@@ -39,6 +45,11 @@ class MLIPCalculator(Calculator):
         dtype: ``"float64"`` (default, for MD) or ``"float32"`` (faster).
         min_distance: raise if two atoms come closer than this (Å; default 0.1, far below any
             bond, catches coincident atoms that would otherwise give NaN); 0 disables.
+        skin: neighbour-list skin (Å). 0 (default) builds a fresh neighbour list on every call;
+            > 0 reuses a list built with ``cutoff + skin`` until an atom has moved more than
+            ``skin / 2`` (or the cell, periodicity or atoms change). Same results either way
+            (up to the summation order, ~1e-15 relative); faster in MD, where the list changes
+            slowly. Typical: 0.5–2 Å.
     """
 
     implemented_properties = [
@@ -57,9 +68,12 @@ class MLIPCalculator(Calculator):
         device: str = "auto",
         dtype: str = "float64",
         min_distance: float = 0.1,
+        skin: float = 0.0,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        if not skin >= 0.0:
+            raise MLIPError(f"skin must be >= 0 Å, got {skin!r}")
         if dtype not in _DTYPES:
             raise MLIPError(f"dtype must be float32 or float64, got {dtype!r}")
         if device == "auto":
@@ -73,6 +87,9 @@ class MLIPCalculator(Calculator):
         for p in self.model.parameters():
             p.requires_grad_(False)
         self.min_distance = float(min_distance)
+        self.skin = float(skin)
+        self._verlet: dict | None = None  # candidate pairs within cutoff + skin (skin > 0)
+        self.neighbour_list_builds = 0  # how many times a list was built (diagnostics)
         self.cutoff = self.model.cutoff
         self._known_numbers = set(self.model.species)
         self._checked_numbers: bytes | None = None
@@ -97,9 +114,13 @@ class MLIPCalculator(Calculator):
         super().calculate(atoms, properties, system_changes)
         atoms = normalise_pbc(self.atoms)
         self._check(atoms)
-        graph = atoms_to_graph(
-            atoms, self.cutoff, min_distance=self.min_distance, source="atoms", dtype=self.dtype
-        ).to(self.device)
+        if self.skin > 0:
+            graph = self._graph_with_skin(atoms).to(self.device)
+        else:
+            self.neighbour_list_builds += 1
+            graph = atoms_to_graph(
+                atoms, self.cutoff, min_distance=self.min_distance, source="atoms", dtype=self.dtype
+            ).to(self.device)
         periodic = bool(np.all(atoms.pbc))
         want_stress = periodic and self.has_energy and "stress" in properties
         out = self.model(graph, compute_forces=self.has_energy, compute_stress=want_stress)
@@ -118,6 +139,55 @@ class MLIPCalculator(Calculator):
             value = value[0] if value.shape[0] == 1 and not self._per_atom(name) else value
             results[name] = value
         self.results = results
+
+    # ------------------------------------------------------------------ neighbour-list reuse
+    def _graph_with_skin(self, atoms) -> Data:
+        """The graph of ``atoms`` from the cached candidate pairs (rebuilt when needed)."""
+        pbc = np.asarray(atoms.pbc, dtype=bool)
+        cell = atoms.cell.array if pbc.any() else np.zeros((3, 3))
+        positions = np.asarray(atoms.positions, dtype=np.float64)
+        cache = self._verlet
+        if (
+            cache is None
+            or cache["numbers"].shape != atoms.numbers.shape
+            or not np.array_equal(cache["numbers"], atoms.numbers)
+            or not np.array_equal(cache["pbc"], pbc)
+            or not np.array_equal(cache["cell"], cell)
+            or np.max(np.linalg.norm(positions - cache["positions"], axis=1), initial=0.0) > 0.5 * self.skin
+        ):
+            i, j, shifts, _ = build_neighbour_list(positions, atoms.cell.array, pbc, self.cutoff + self.skin)
+            cache = {
+                "numbers": atoms.numbers.copy(),
+                "pbc": pbc.copy(),
+                "cell": cell.copy(),
+                "positions": positions.copy(),
+                "i": i,
+                "j": j,
+                "shifts": shifts,
+                "offsets": shifts @ cell,
+            }
+            self._verlet = cache
+            self.neighbour_list_builds += 1
+        i, j = cache["i"], cache["j"]
+        vectors = positions[j] - positions[i] + cache["offsets"]
+        dist = np.linalg.norm(vectors, axis=1)
+        keep = dist < self.cutoff
+        i, j, shifts, dist = i[keep], j[keep], cache["shifts"][keep], dist[keep]
+        if self.min_distance > 0 and len(dist) and dist.min() < self.min_distance:
+            k = int(np.argmin(dist))
+            raise MLIPError(
+                f"atoms: atoms {i[k]} and {j[k]} are {dist[k]:.3g} Å apart, closer than "
+                f"min_distance={self.min_distance} Å"
+            )
+        return Data(
+            pos=torch.tensor(positions, dtype=self.dtype),
+            numbers=torch.tensor(atoms.numbers, dtype=torch.long),
+            edge_index=torch.tensor(np.stack([i, j]), dtype=torch.long),
+            unit_shifts=torch.tensor(shifts, dtype=self.dtype),
+            cell=torch.tensor(cell, dtype=self.dtype).unsqueeze(0),
+            pbc=torch.tensor(pbc).unsqueeze(0),
+            num_nodes=len(atoms),
+        )
 
     def _per_atom(self, name: str) -> bool:
         return any(s.name == name and s.per_atom for s in self.model.target_specs)
