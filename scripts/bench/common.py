@@ -1,0 +1,326 @@
+"""Helpers shared by the benchmark driver and the per-code workers.
+
+This module is imported both by mlip's Python and by the peers' virtual environment (MACE,
+metatrain), so it depends only on the standard library, numpy, ASE and torch.
+
+Workers talk to the driver over a JSON-lines protocol: the driver writes one JSON object per line
+``{"cmd": name, "args": {...}}`` to the worker's stdin and reads one JSON line back
+``{"ok": true, "result": ...}`` (or ``{"ok": false, "error": traceback}``). Everything the codes
+print goes to stderr (stdout is redirected there at start-up), so stray prints never corrupt the
+protocol.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from contextlib import contextmanager
+from typing import Any
+
+import numpy as np
+
+# ----------------------------------------------------------------------------- threads
+
+
+def set_threads(n: int) -> None:
+    """Same intra-op thread count for every code (call before heavy imports where possible)."""
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        os.environ[var] = str(n)
+    import torch
+
+    torch.set_num_threads(n)
+    try:
+        torch.set_num_interop_threads(1)
+    except RuntimeError:  # already set (interop threads can be set only once)
+        pass
+
+
+# ----------------------------------------------------------------------------- versions / machine
+
+
+def package_versions(names: list[str]) -> dict[str, str | None]:
+    from importlib import metadata
+
+    out = {}
+    for name in names:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def machine_info(device: str = "cpu") -> dict[str, Any]:
+    info: dict[str, Any] = {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpu_count": os.cpu_count(),
+        "affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+    }
+    try:
+        with open("/proc/cpuinfo") as handle:
+            for line in handle:
+                if line.startswith("model name"):
+                    info["cpu_model"] = line.split(":", 1)[1].strip()
+                    break
+        with open("/proc/meminfo") as handle:
+            for line in handle:
+                if line.startswith("MemTotal"):
+                    info["mem_total_gib"] = round(int(line.split()[1]) / 2**20, 1)
+                    break
+    except OSError:
+        pass
+    try:
+        import torch
+
+        info["torch"] = torch.__version__
+        info["torch_threads"] = torch.get_num_threads()
+        if torch.cuda.is_available():
+            info["gpus"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+    except ImportError:
+        pass
+    info["device"] = device
+    try:
+        info["loadavg"] = list(os.getloadavg())
+    except OSError:
+        pass
+    return info
+
+
+# ----------------------------------------------------------------------------- timing and memory
+
+
+def synchronize(device: str) -> None:
+    if str(device).startswith("cuda"):
+        import torch
+
+        torch.cuda.synchronize()
+
+
+def _proc_status_kib(field: str) -> int | None:
+    try:
+        with open("/proc/self/status") as handle:
+            for line in handle:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def reset_peak_rss() -> bool:
+    """Reset the kernel's peak-RSS counter (VmHWM) of this process; False where unsupported."""
+    try:
+        with open("/proc/self/clear_refs", "w") as handle:
+            handle.write("5")
+        return True
+    except OSError:
+        return False
+
+
+@contextmanager
+def peak_memory(device: str):
+    """Measures the peak memory of the block: ``{"peak_mib": ..., "baseline_mib": ...}``.
+
+    CPU: peak resident set size (VmHWM, reset at entry) minus the RSS at entry, i.e. the extra
+    memory the block needed at its peak. CUDA: ``torch.cuda.max_memory_allocated`` over the block
+    minus the memory allocated at entry.
+    """
+    result: dict[str, float | None] = {}
+    if str(device).startswith("cuda"):
+        import torch
+
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        try:
+            yield result
+        finally:
+            torch.cuda.synchronize()
+            result["baseline_mib"] = base / 2**20
+            result["peak_mib"] = (torch.cuda.max_memory_allocated() - base) / 2**20
+            result["kind"] = "cuda max_memory_allocated - allocated at entry"
+    else:
+        supported = reset_peak_rss()
+        base = _proc_status_kib("VmRSS")
+        try:
+            yield result
+        finally:
+            peak = _proc_status_kib("VmHWM")
+            result["baseline_mib"] = base / 1024 if base else None
+            result["peak_mib"] = (peak - base) / 1024 if (supported and peak and base) else None
+            result["process_peak_mib"] = peak / 1024 if peak else None
+            result["kind"] = "CPU peak RSS (VmHWM) - RSS at entry"
+
+
+def time_calls(fn: Callable[[], Any], n: int, device: str) -> list[float]:
+    """Wall-clock seconds of ``n`` calls of ``fn`` (device synchronised around each)."""
+    out = []
+    for _ in range(n):
+        synchronize(device)
+        start = time.perf_counter()
+        fn()
+        synchronize(device)
+        out.append(time.perf_counter() - start)
+    return out
+
+
+class CallTimer:
+    """Wraps a callable and accumulates the time spent inside it (device synchronised)."""
+
+    def __init__(self, fn: Callable, device: str) -> None:
+        self.fn = fn
+        self.device = device
+        self.total = 0.0
+        self.calls = 0
+
+    def __call__(self, *args, **kwargs):
+        synchronize(self.device)
+        start = time.perf_counter()
+        out = self.fn(*args, **kwargs)
+        synchronize(self.device)
+        self.total += time.perf_counter() - start
+        self.calls += 1
+        return out
+
+    def reset(self) -> None:
+        self.total, self.calls = 0.0, 0
+
+    def __getattr__(self, name: str):  # behave like the wrapped object otherwise
+        if name == "fn":
+            raise AttributeError(name)
+        return getattr(self.fn, name)
+
+
+# ----------------------------------------------------------------------------- structures
+
+
+def diamond(n_atoms_target: int, a: float = 3.567, rattle: float = 0.05, seed: int = 0):
+    """A rattled cubic diamond supercell with about ``n_atoms_target`` atoms (8 n³)."""
+    from ase.build import bulk
+
+    n = max(1, round((n_atoms_target / 8) ** (1 / 3)))
+    atoms = bulk("C", "diamond", a=a, cubic=True).repeat((n, n, n))
+    rng = np.random.default_rng(seed)
+    atoms.positions += rng.normal(scale=rattle, size=atoms.positions.shape)
+    return atoms
+
+
+def ethanol_frames(path: str, n: int, start: int = 0):
+    """``n`` ethanol structures from ``path`` (cycled if the file is shorter), labels dropped."""
+    import ase.io
+
+    frames = ase.io.read(path, ":")
+    out = []
+    for k in range(n):
+        atoms = frames[(start + k) % len(frames)].copy()
+        atoms.calc = None
+        atoms.info = {}
+        for key in list(atoms.arrays):
+            if key not in ("numbers", "positions"):
+                del atoms.arrays[key]
+        out.append(atoms)
+    return out
+
+
+def ethanol_cluster(path: str, n_molecules: int, spacing: float = 4.5, seed: int = 0):
+    """A non-periodic cluster of ``n_molecules`` randomly oriented ethanols on a cubic grid."""
+    from scipy.spatial.transform import Rotation
+
+    frames = ethanol_frames(path, n_molecules)
+    rng = np.random.default_rng(seed)
+    side = int(np.ceil(n_molecules ** (1 / 3)))
+    cluster = None
+    for k, mol in enumerate(frames):
+        pos = mol.positions - mol.positions.mean(axis=0)
+        rot = Rotation.random(random_state=int(rng.integers(1 << 31))).as_matrix()
+        grid = np.array([k % side, (k // side) % side, k // (side * side)], dtype=float)
+        mol.positions = pos @ rot.T + spacing * grid
+        cluster = mol if cluster is None else cluster + mol
+    cluster.pbc = False
+    cluster.cell = np.zeros((3, 3))
+    return cluster
+
+
+# ----------------------------------------------------------------------------- JSON protocol
+
+
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, (np.floating, np.integer)):
+        return obj.item()
+    return obj
+
+
+def dumps(obj: Any) -> str:
+    return json.dumps(_jsonable(obj))
+
+
+def serve(handler: Any) -> None:
+    """Answer JSON-line commands on stdin with ``handler.<cmd>(**args)`` until ``quit``/EOF."""
+    protocol = os.fdopen(os.dup(sys.stdout.fileno()), "w", buffering=1)
+    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())  # library prints go to stderr
+    sys.stdout = sys.stderr
+    for line in sys.stdin:
+        line = line.strip()
+        if not line:
+            continue
+        msg = json.loads(line)
+        cmd = msg.get("cmd")
+        if cmd == "quit":
+            protocol.write(dumps({"ok": True, "result": None}) + "\n")
+            break
+        try:
+            result = getattr(handler, cmd)(**msg.get("args", {}))
+            reply = {"ok": True, "result": result}
+        except Exception:  # report to the driver, keep serving
+            reply = {"ok": False, "error": traceback.format_exc()}
+        protocol.write(dumps(reply) + "\n")
+        protocol.flush()
+
+
+def write_json(path: str, obj: Any) -> None:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = path + ".tmp"
+    with open(tmp, "w") as handle:
+        json.dump(_jsonable(obj), handle, indent=1)
+    os.replace(tmp, path)
+
+
+def read_json(path: str) -> Any:
+    with open(path) as handle:
+        return json.load(handle)
+
+
+class BudgetReached(Exception):
+    """Raised inside a peer's training loop when its wall-clock budget is spent."""
+
+
+def save_predictions(path: str, preds: list[dict[str, np.ndarray]]) -> None:
+    """Per-structure predictions → ``.npz`` (keys ``<i>/<name>``)."""
+    flat = {}
+    for i, p in enumerate(preds):
+        for name, value in p.items():
+            flat[f"{i}/{name}"] = np.asarray(value, dtype=np.float64)
+    np.savez_compressed(path, n=np.array(len(preds)), **flat)
+
+
+def load_predictions(path: str) -> list[dict[str, np.ndarray]]:
+    data = np.load(path)
+    out: list[dict[str, np.ndarray]] = [{} for _ in range(int(data["n"]))]
+    for key in data.files:
+        if key == "n":
+            continue
+        i, name = key.split("/", 1)
+        out[int(i)][name] = data[key]
+    return out
