@@ -170,6 +170,28 @@ def time_calls(fn: Callable[[], Any], n: int, device: str) -> list[float]:
     return out
 
 
+def timed_calls_with_memory(fn: Callable[[], Any], warmup: int, repeats: int, device: str):
+    """``warmup`` + ``repeats`` calls of ``fn``, each under :func:`peak_memory`.
+
+    Returns (seconds of the ``repeats`` timed calls, memory dicts of *all* calls): the first call's
+    peak counts too, since an allocator that keeps freed memory (e.g. a tuned glibc malloc) would
+    hide the peak of later calls.
+    """
+    times, mems = [], []
+    for k in range(warmup + repeats):
+        with peak_memory(device) as mem:
+            synchronize(device)
+            start = time.perf_counter()
+            out = fn()
+            synchronize(device)
+            elapsed = time.perf_counter() - start
+            del out
+        mems.append(dict(mem))
+        if k >= warmup:
+            times.append(elapsed)
+    return times, mems
+
+
 class CallTimer:
     """Wraps a callable and accumulates the time spent inside it (device synchronised)."""
 

@@ -39,6 +39,7 @@ from common import (  # noqa: E402
     set_threads,
     synchronize,
     time_calls,
+    timed_calls_with_memory,
     write_json,
 )
 
@@ -349,27 +350,19 @@ class Worker:
             "model_calls": self.md_timer.calls,
         }
 
-    def scaling_point(self, n_atoms: int, repeats: int = 2) -> dict:
+    def scaling_point(self, n_atoms: int, repeats: int = 2, warmup: int = 1) -> dict:
         atoms = diamond(n_atoms)
         start = time.perf_counter()
         with peak_memory(self.device) as mem_graph:
             batch = self.inputs.batch([atoms])
         graph_s = time.perf_counter() - start
-        times, mems = [], []
-        for _ in range(repeats):
-            with peak_memory(self.device) as mem:
-                synchronize(self.device)
-                t0 = time.perf_counter()
-                energy, forces = self._model_call(batch)
-                synchronize(self.device)
-                times.append(time.perf_counter() - t0)
-                del energy, forces
-            mems.append(dict(mem))
+        times, mems = timed_calls_with_memory(lambda: self._model_call(batch), warmup, repeats, self.device)
         return {
             "n_atoms": len(atoms),
             "n_edges": int(batch["edge_index"].shape[1]),
             "graph_s": graph_s,
             "graph_peak_mib": mem_graph.get("peak_mib"),
+            "warmup_calls": warmup,
             "model_s": times,
             "model_peak_mib": [m.get("peak_mib") for m in mems],
             "process_peak_mib": max((m.get("process_peak_mib") or 0) for m in mems),

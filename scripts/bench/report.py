@@ -187,9 +187,10 @@ def md_scaling(res: dict) -> str:
     order = ["mlip", "mlip_malloc", "mace", "metatrain"]
     codes = [c for c in order if any(p["code"] == c for p in res["points"])]
     lines = [
-        f"{res['structure']}, {res['dtype']}; time = best of 2 calls; memory = peak extra resident memory "
-        "of the model call over the process's memory before it (CPU: kernel peak RSS, reset before the "
-        "call).",
+        f"{res['structure']}, {res['dtype']}, each size in a fresh process; time = best of 2 calls after "
+        "a warm-up call (two for metatrain's TorchScript model, whose first calls profile and optimise "
+        "the graph); memory = the largest peak extra resident memory of a model call (warm-up included) "
+        "over the process's memory before it (CPU: kernel peak RSS, reset before each call).",
         "",
         "| atoms | edges | "
         + " | ".join(f"{LABELS[c]} s · µs/atom · peak MiB · KiB/atom" for c in codes)

@@ -35,6 +35,7 @@ from common import (  # noqa: E402
     set_threads,
     synchronize,
     time_calls,
+    timed_calls_with_memory,
     write_json,
 )
 
@@ -296,30 +297,21 @@ class Worker:
         }
 
     # -- scaling
-    def scaling_point(self, n_atoms: int, repeats: int = 2) -> dict:
+    def scaling_point(self, n_atoms: int, repeats: int = 2, warmup: int = 1) -> dict:
         torch = self.torch
         atoms = diamond(n_atoms)
         start = time.perf_counter()
         with peak_memory(self.device) as mem_graph:
             graph = self._graph([atoms])
         graph_s = time.perf_counter() - start
-        times = []
-        mems = []
-        for _ in range(repeats):
-            with peak_memory(self.device) as mem:
-                synchronize(self.device)
-                t0 = time.perf_counter()
-                energy, forces = self._model_call(graph)
-                synchronize(self.device)
-                times.append(time.perf_counter() - t0)
-                del energy, forces
-            mems.append(dict(mem))
+        times, mems = timed_calls_with_memory(lambda: self._model_call(graph), warmup, repeats, self.device)
         del torch
         return {
             "n_atoms": len(atoms),
             "n_edges": int(graph.edge_index.shape[1]),
             "graph_s": graph_s,
             "graph_peak_mib": mem_graph.get("peak_mib"),
+            "warmup_calls": warmup,
             "model_s": times,
             "model_peak_mib": [m.get("peak_mib") for m in mems],
             "process_peak_mib": max((m.get("process_peak_mib") or 0) for m in mems),
