@@ -48,6 +48,8 @@ class ModelConfig:
     readout_hidden: int = 64
     num_vectors: int = 4  # learned vectors per atom for tensor λ-bases
     tensor_hidden: int = 64
+    correlation: int = 2  # 2: power-spectrum invariants (3-body per layer); 3: + bispectrum (4-body)
+    bond_channels: int = 0  # channels of the bond projections of the previous density (0 = off)
 
 
 @dataclass
@@ -85,6 +87,15 @@ class TrainingConfig:
     num_workers: int = 0
     max_time_minutes: float | None = None  # stop after this wall-clock budget
     skip_nan_batches: int = 10  # consecutive NaN/Inf losses tolerated before stopping
+    # Stage two (as MACE's): from this fraction of the budget (max_time_minutes if set, else
+    # max_epochs) on, train with stage_two_weights (target → weight; others keep theirs) and
+    # stage_two_lr; the best-model tracking restarts, since the validation score's weights changed.
+    stage_two_start: float | None = None
+    stage_two_lr: float | None = None  # None: lr / 10
+    stage_two_weights: dict[str, float] = field(default_factory=dict)
+    # Copy the best model so far to output_dir/snapshots/model_<m>min.pt at the end of the first
+    # epoch past each mark (minutes of wall time since training began): learning curves of one run.
+    snapshot_minutes: list | None = None
 
 
 @dataclass
@@ -185,6 +196,14 @@ def _check_type(value: Any, tp: Any, loc: str, source: str) -> Any:
         if not isinstance(value, list):
             raise MLIPError(f"{source}: '{loc}' should be a list, got {value!r}")
         return value
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise MLIPError(f"{source}: '{loc}' should be a mapping, got {value!r}")
+        key_type, value_type = typing.get_args(tp)
+        return {
+            _check_type(k, key_type, f"{loc} key", source): _check_type(v, value_type, f"{loc}.{k}", source)
+            for k, v in value.items()
+        }
     if tp is bool:
         if not isinstance(value, bool):
             raise MLIPError(f"{source}: '{loc}' should be true or false, got {value!r}")
@@ -285,6 +304,7 @@ def _validate(cfg: Config, source: str) -> None:
     for name in ("batch_size", "max_epochs"):
         if getattr(cfg.training, name) < 1:
             raise MLIPError(f"{source}: 'training.{name}' must be at least 1")
+    _validate_stage_two_and_snapshots(cfg, source)
     for name, tc in cfg.targets.items():
         if name in ENERGY_KINDS:
             continue
@@ -312,6 +332,25 @@ def _validate(cfg: Config, source: str) -> None:
     if "forces" in cfg.targets or "stress" in cfg.targets:
         if "energy" not in cfg.targets:
             raise MLIPError(f"{source}: forces/stress targets need an 'energy' target")
+
+
+def _validate_stage_two_and_snapshots(cfg: Config, source: str) -> None:
+    t = cfg.training
+    if t.stage_two_start is not None and not 0.0 < t.stage_two_start < 1.0:
+        raise MLIPError(f"{source}: 'training.stage_two_start' must be in (0, 1) (a fraction of the budget)")
+    if t.stage_two_lr is not None and not t.stage_two_lr > 0:
+        raise MLIPError(f"{source}: 'training.stage_two_lr' must be positive")
+    for name, weight in t.stage_two_weights.items():
+        if name not in cfg.targets:
+            raise MLIPError(
+                f"{source}: 'training.stage_two_weights' names '{name}', which is not a target "
+                f"(targets: {', '.join(cfg.targets)})"
+            )
+        if weight < 0:
+            raise MLIPError(f"{source}: 'training.stage_two_weights.{name}' must be >= 0")
+    for mark in t.snapshot_minutes or []:
+        if isinstance(mark, bool) or not isinstance(mark, (int, float)) or not mark > 0:
+            raise MLIPError(f"{source}: 'training.snapshot_minutes' should be a list of positive minutes")
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
