@@ -157,46 +157,76 @@ def bispectrum_paths(lmax: int) -> list[tuple[int, int, int]]:
 
 
 class AngularInvariants(nn.Module):
-    """Invariants of a density ``A`` ``[N, (L+1)², C]`` → ``[N, C · (1 + L + #paths)]``.
+    """Invariants of a density ``A`` ``[N, (L+1)², C]``: list of ``[N, C]`` and ``[N, C_b]`` blocks.
 
     The l=0 block, the channel-mixed power spectrum ``p[c, l]`` (l = 1..L) and, for
-    ``correlation ≥ 3``, the even bispectrum ``b[c, path]`` (see the module docstring).
+    ``correlation ≥ 3``, the even bispectrum ``b[c, path]`` (see the module docstring) of the first
+    ``C_b = bispectrum_channels`` channels (all by default): the four-body invariants cost far more
+    per channel than the power spectrum, and the channels are learned anyway, so the network can
+    route what needs four-body resolution into those channels.
+
+    The bispectrum is evaluated for all paths at once from the non-zero Clebsch–Gordan entries
+    (98 at L = 3): gather the three factors of every entry, multiply, and sum the entries of each
+    path with one matrix product. Far fewer (and smaller) kernels than a dense contraction per path,
+    which matters most in training, where forces need the second derivative.
     """
 
-    def __init__(self, channels: int, lmax: int, correlation: int = 2) -> None:
+    def __init__(
+        self, channels: int, lmax: int, correlation: int = 2, bispectrum_channels: int | None = None
+    ) -> None:
         super().__init__()
         self.lmax = lmax
+        self.channels = channels
+        self.bispectrum_channels = min(bispectrum_channels or channels, channels)
         eye = torch.eye(channels).expand(lmax, channels, channels).clone()
         self.mix = nn.Parameter(eye + 0.1 * torch.randn(lmax, channels, channels) / channels**0.5)
         self.paths = bispectrum_paths(lmax) if correlation >= 3 else []
-        # C[m1, m2, m3] / (2 l3 + 1) as [2l1+1, (2l2+1)(2l3+1)] (one matmul), kept in float64 and
-        # cast per (device, dtype) on use: a buffer would be rounded by a float32 model and stay
-        # rounded after .double().
-        self._couplings = [
-            clebsch_gordan(l1, l2, l3).reshape(2 * l1 + 1, -1) / (2 * l3 + 1) for l1, l2, l3 in self.paths
-        ]
-        self._cast: dict[tuple[torch.device, torch.dtype], list[torch.Tensor]] = {}
+        first, second, third, path_of, weight = [], [], [], [], []
+        for k, (l1, l2, l3) in enumerate(self.paths):
+            cg = clebsch_gordan(l1, l2, l3)
+            for m1, m2, m3 in torch.nonzero(cg.abs() > 1e-12).tolist():
+                first.append(l1 * l1 + m1)  # index into the flattened (l, m) axis
+                second.append(l2 * l2 + m2)
+                third.append(l3 * l3 + m3)
+                path_of.append(k)
+                weight.append(float(cg[m1, m2, m3]) / (2 * l3 + 1))
+        for name, values in (("first", first), ("second", second), ("third", third)):
+            self.register_buffer(f"_{name}", torch.tensor(values, dtype=torch.long), persistent=False)
+        # [entries, paths]: entry weight in its path's column. Kept in float64 and cast per
+        # (device, dtype) on use: a buffer would be rounded by a float32 model and stay rounded
+        # after .double().
+        summation = torch.zeros(len(weight), len(self.paths), dtype=torch.float64)
+        summation[torch.arange(len(weight)), torch.tensor(path_of, dtype=torch.long)] = torch.tensor(
+            weight, dtype=torch.float64
+        )
+        self._summation = summation
+        self._cast: dict[tuple[torch.device, torch.dtype], torch.Tensor] = {}
 
     @property
-    def num_features(self) -> int:
-        return 1 + self.lmax + len(self.paths)
+    def width(self) -> int:
+        """Number of invariant features per atom."""
+        return self.channels * (1 + self.lmax) + self.bispectrum_channels * len(self.paths)
 
     def forward(self, density: torch.Tensor) -> list[torch.Tensor]:
         """List of ``[N, C]`` invariants: A_00, p_1..p_L, then the bispectrum paths."""
         blocks = [density[:, l * l : (l + 1) * (l + 1), :] for l in range(self.lmax + 1)]  # [N, 2l+1, C]
-        mixed = [None] + [blocks[l] @ self.mix[l - 1] for l in range(1, self.lmax + 1)]
+        mixed = [blocks[0]] + [blocks[l] @ self.mix[l - 1] for l in range(1, self.lmax + 1)]
         out = [blocks[0][:, 0, :]]
         for l in range(1, self.lmax + 1):
             out.append((blocks[l] * mixed[l]).sum(dim=1) / (2 * l + 1))
-        n, c = density.shape[0], density.shape[2]
-        key = (density.device, density.dtype)
-        if key not in self._cast:
-            self._cast[key] = [cg.to(device=density.device, dtype=density.dtype) for cg in self._couplings]
-        for (l1, l2, l3), cg in zip(self.paths, self._cast[key]):
-            # Σ_m1 A[l1]_m1 C[m1, m2, m3]: [N, C, 2l1+1] @ [2l1+1, (2l2+1)(2l3+1)]
-            coupled = (blocks[l1].transpose(1, 2) @ cg).view(n, c, 2 * l2 + 1, 2 * l3 + 1)
-            coupled = (coupled * blocks[l2].transpose(1, 2).unsqueeze(-1)).sum(dim=2)  # [N, C, 2l3+1]
-            out.append((coupled * mixed[l3].transpose(1, 2)).sum(dim=-1))
+        if self.paths:
+            key = (density.device, density.dtype)
+            if key not in self._cast:
+                self._cast[key] = self._summation.to(device=density.device, dtype=density.dtype)
+            cb = self.bispectrum_channels
+            plain = density[..., :cb]
+            mixed_all = torch.cat(mixed, dim=1)[..., :cb]  # [N, (L+1)², C_b]
+            product = (
+                plain.index_select(1, self._first)
+                * plain.index_select(1, self._second)
+                * mixed_all.index_select(1, self._third)
+            )  # [N, entries, C_b]
+            out.extend(torch.matmul(self._cast[key].T, product).unbind(1))  # paths, each [N, C_b]
         return out
 
 
@@ -245,6 +275,7 @@ class InteractionLayer(nn.Module):
         num_radial: radial basis functions.
         radial_hidden: width of the radial MLP.
         correlation: 2 (power spectrum) or 3 (+ bispectrum invariants).
+        bispectrum_channels: channels that get the bispectrum (None: all).
         bond_channels: channels C' of the bond projections of the previous density (0: none; the
             first layer has no previous density).
     """
@@ -257,6 +288,7 @@ class InteractionLayer(nn.Module):
         radial_hidden: int,
         correlation: int = 2,
         bond_channels: int = 0,
+        bispectrum_channels: int | None = None,
     ) -> None:
         super().__init__()
         self.channels = channels
@@ -266,8 +298,8 @@ class InteractionLayer(nn.Module):
         self.radial = mlp([radial_in, radial_hidden, radial_hidden, (lmax + 1) * channels])
         self.neighbour_linear = nn.Linear(channels, channels, bias=False)
         nn.init.normal_(self.neighbour_linear.weight, std=channels**-0.5)
-        self.invariants = AngularInvariants(channels, lmax, correlation)
-        self.update = mlp([channels * (1 + self.invariants.num_features), channels, channels])
+        self.invariants = AngularInvariants(channels, lmax, correlation, bispectrum_channels)
+        self.update = mlp([channels + self.invariants.width, channels, channels])
         with torch.no_grad():  # start close to the identity map: small residual updates
             self.update[-1].weight.mul_(0.2)
         l_of_lm = torch.cat([torch.full((2 * l + 1,), l, dtype=torch.long) for l in range(lmax + 1)])
@@ -350,6 +382,7 @@ class ScalarBackbone(nn.Module):
         correlation: 2 = power-spectrum invariants (three-body per layer); 3 = also the even
             bispectrum (four-body per layer).
         bond_channels: channels of the bond projections fed to layers ≥ 2 (0 = off).
+        bispectrum_channels: channels with bispectrum invariants (None: all).
     """
 
     def __init__(
@@ -364,6 +397,7 @@ class ScalarBackbone(nn.Module):
         avg_num_neighbours: float = 10.0,
         correlation: int = 2,
         bond_channels: int = 0,
+        bispectrum_channels: int | None = None,
     ) -> None:
         super().__init__()
         self.lmax = lmax
@@ -373,7 +407,13 @@ class ScalarBackbone(nn.Module):
         self.envelope = PolynomialEnvelope(cutoff)
         self.layers = nn.ModuleList(
             InteractionLayer(
-                channels, lmax, num_radial, radial_hidden, correlation, bond_channels if t > 0 else 0
+                channels,
+                lmax,
+                num_radial,
+                radial_hidden,
+                correlation,
+                bond_channels if t > 0 else 0,
+                bispectrum_channels,
             )
             for t in range(num_layers)
         )

@@ -49,6 +49,7 @@ class ModelConfig:
     num_vectors: int = 4  # learned vectors per atom for tensor λ-bases
     tensor_hidden: int = 64
     correlation: int = 2  # 2: power-spectrum invariants (3-body per layer); 3: + bispectrum (4-body)
+    bispectrum_channels: int | None = None  # channels with bispectrum invariants (None: all)
     bond_channels: int = 0  # channels of the bond projections of the previous density (0 = off)
 
 
@@ -75,9 +76,10 @@ class TrainingConfig:
     valid_batch_size: int = 32
     max_epochs: int = 100
     optimizer: str = "adam"  # adam | adamw
+    amsgrad: bool = False  # the AMSGrad variant (MACE's default)
     lr: float = 1e-3
     weight_decay: float = 0.0
-    scheduler: str = "plateau"  # plateau | cosine | none
+    scheduler: str = "plateau"  # plateau | cosine (over max_time_minutes if set, else max_epochs) | none
     lr_factor: float = 0.5
     scheduler_patience: int = 5
     min_lr: float = 1e-6

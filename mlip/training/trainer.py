@@ -103,6 +103,7 @@ def build_model(cfg: Config, stats: DatasetStatistics, specs: list[TargetSpec]) 
             avg_num_neighbours=stats.avg_num_neighbours,
             correlation=m.correlation,
             bond_channels=m.bond_channels,
+            bispectrum_channels=m.bispectrum_channels,
         ),
         readout_hidden=m.readout_hidden,
         tensor=dict(
@@ -244,12 +245,16 @@ class Trainer:
             self.model.load_state_dict(resume_state["model"]["state_dict"])
         t = cfg.training
         opt_cls = torch.optim.AdamW if t.optimizer == "adamw" else torch.optim.Adam
-        self.optimizer = opt_cls(self.model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
+        self.optimizer = opt_cls(
+            self.model.parameters(), lr=t.lr, weight_decay=t.weight_decay, amsgrad=t.amsgrad
+        )
         self.stage = 1
         self.wall_time_offset = 0.0  # wall time of the epochs before a resume, s
+        # cosine with a time budget: the learning rate follows the wall clock, set every step
+        self.time_cosine = t.scheduler == "cosine" and bool(t.max_time_minutes)
         if t.scheduler == "plateau":
             self.scheduler = self._plateau_scheduler()
-        elif t.scheduler == "cosine":
+        elif t.scheduler == "cosine" and not self.time_cosine:
             self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
                 self.optimizer, T_max=t.max_epochs, eta_min=t.min_lr
             )
@@ -297,22 +302,37 @@ class Trainer:
         return epoch >= t.stage_two_start * t.max_epochs
 
     def _enter_stage_two(self, quiet: bool = False) -> None:
-        """Stage-two loss weights and learning rate; a fresh plateau schedule; best model reset."""
+        """Stage-two loss weights (and learning rate); best model reset.
+
+        The learning rate: ``stage_two_lr`` if given (then constant, or a fresh plateau schedule
+        under ``scheduler: plateau``); otherwise a cosine schedule simply continues (it is low by
+        then) and any other schedule restarts from ``lr / 10``.
+        """
         t = self.cfg.training
         self.stage = 2
         weights = t.stage_two_weights
         self.specs = [dataclasses.replace(s, weight=float(weights.get(s.name, s.weight))) for s in self.specs]
-        lr = t.stage_two_lr if t.stage_two_lr is not None else t.lr / 10.0
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
-        if self.scheduler is not None:
-            self.scheduler = self._plateau_scheduler()
+        lr = self.optimizer.param_groups[0]["lr"]
+        if not (t.scheduler == "cosine" and t.stage_two_lr is None):
+            lr = t.stage_two_lr if t.stage_two_lr is not None else t.lr / 10.0
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr
+            self.time_cosine = False
+            self.scheduler = self._plateau_scheduler() if t.scheduler == "plateau" else None
         # the validation score is a weighted sum: scores of the two stages are not comparable
         self.best_valid = math.inf
         self.epochs_without_improvement = 0
         if not quiet:
             weights = ", ".join(f"{s.name} {s.weight:g}" for s in self.specs)
             self._log(f"mlip: stage two: learning rate {lr:g}, loss weights {weights}")
+
+    def _set_time_cosine_lr(self) -> None:
+        """``min_lr + (lr − min_lr) · (1 + cos(π t / T)) / 2`` with t the wall time, T the budget."""
+        t = self.cfg.training
+        progress = min((time.perf_counter() - self.clock_start) / (60.0 * t.max_time_minutes), 1.0)
+        lr = t.min_lr + (t.lr - t.min_lr) * 0.5 * (1.0 + math.cos(math.pi * progress))
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
 
     # -------------------------------------------------------------- snapshots
     def _take_snapshots(self, epoch: int, wall_time_s: float) -> None:
@@ -423,6 +443,8 @@ class Trainer:
                 continue
             bad_streak = 0
             self.optimizer.zero_grad(set_to_none=True)
+            if self.time_cosine:
+                self._set_time_cosine_lr()
             loss.backward()
             if t.clip_grad_norm:
                 torch.nn.utils.clip_grad_norm_(self.model.parameters(), t.clip_grad_norm)
@@ -526,7 +548,7 @@ class Trainer:
                 os.remove(self.csv_path)
             else:  # resumed: drop rows of epochs the checkpoint does not contain (they are redone)
                 self._truncate_csv(self.start_epoch)
-        start_time = time.perf_counter() - self.wall_time_offset
+        start_time = self.clock_start = time.perf_counter() - self.wall_time_offset
         self.wall_time_s = self.wall_time_offset
         last_valid: dict = {}
         n_train = len(self.data.train)

@@ -60,7 +60,7 @@ def test_invariants_are_o3_invariant(lmax):
         inv.mix.add_(0.3 * torch.randn_like(inv.mix))
     density = torch.randn(7, (lmax + 1) ** 2, 5, dtype=torch.float64)
     reference = torch.cat(inv(density), dim=-1)
-    assert reference.shape == (7, 5 * inv.num_features)
+    assert reference.shape == (7, inv.width) and inv.width == 5 * (1 + lmax + len(inv.paths))
     paths = reference[:, 5 * (1 + lmax) :]
     assert paths.abs().max() > 1e-2  # the four-body invariants are not trivially zero
     for rot in _random_o3(1):

@@ -4,6 +4,7 @@ snapshots of the best model (learning curves from one run) and the wall-time col
 from __future__ import annotations
 
 import csv
+import math
 
 import pytest
 import torch
@@ -92,3 +93,38 @@ def test_snapshots_copy_the_best_model_at_each_mark(tmp_path):
 def test_invalid_stage_two_and_snapshot_settings(tmp_path, overrides, message):
     with pytest.raises(MLIPError, match=message):
         load_config(None, raw=tiny_raw_config(tmp_path, **overrides))
+
+
+def test_cosine_over_a_time_budget_follows_the_wall_clock(tmp_path):
+    """With max_time_minutes, scheduler: cosine sets the learning rate from the wall time at every
+    step: the last step of epoch k ran between the wall times recorded for epochs k−1 and k, so its
+    learning rate lies between the schedule's values there. AMSGrad is passed through."""
+    budget_s, lr0, min_lr = 3.0, 0.005, 1e-5
+    raw = tiny_raw_config(
+        tmp_path,
+        **{
+            "data.max_structures": 30,
+            "training.max_epochs": 1000,
+            "training.max_time_minutes": budget_s / 60,
+            "training.scheduler": "cosine",
+            "training.lr": lr0,
+            "training.min_lr": min_lr,
+            "training.amsgrad": True,
+        },
+    )
+    trainer = Trainer(load_config(None, raw=raw))
+    trainer.run()
+    assert trainer.optimizer.param_groups[0]["amsgrad"] is True
+
+    def schedule(t: float) -> float:
+        return min_lr + (lr0 - min_lr) * 0.5 * (1 + math.cos(math.pi * min(t / budget_s, 1.0)))
+
+    rows = _rows(tmp_path / "metrics.csv")
+    assert len(rows) >= 2
+    previous = 0.0
+    for row in rows:
+        lr, wall = float(row["lr"]), float(row["wall_time_s"])
+        assert schedule(wall) - 1e-12 <= lr <= schedule(previous) + 1e-12
+        previous = wall
+    lrs = [float(r["lr"]) for r in rows]
+    assert all(b <= a for a, b in zip(lrs, lrs[1:])) and lrs[-1] < lrs[0]
