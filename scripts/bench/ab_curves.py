@@ -57,6 +57,22 @@ ARMS: dict[str, tuple[str, list[str]]] = {
     "bond8": ("recipe + bond projections, 8 channels", ["model.correlation=2"]),
     "bond16": ("recipe + bond projections, 16 channels", ["model.correlation=2", "model.bond_channels=16"]),
     "accurate": ("recipe + bispectrum (16) + bonds (8) = configs/accurate.yaml", []),
+    "nos2": ("accurate.yaml without stage two", ["training.stage_two_start=null"]),
+    "nos2_lr1e-2": ("no stage two, lr 0.01", ["training.stage_two_start=null", "training.lr=0.01"]),
+    "nos2_bs4": ("no stage two, batch 4", ["training.stage_two_start=null", "training.batch_size=4"]),
+    "nos2_bs16_lr1e-2": (
+        "no stage two, batch 16, lr 0.01",
+        ["training.stage_two_start=null", "training.batch_size=16", "training.lr=0.01"],
+    ),
+    "nos2_c32": (
+        "no stage two, 32 channels",
+        ["training.stage_two_start=null", "model.channels=32", "model.radial_hidden=32"],
+    ),
+    "nos2_l3": ("no stage two, 3 layers", ["training.stage_two_start=null", "model.num_layers=3"]),
+    "nos2_bi32": (
+        "no stage two, bispectrum on 32 channels",
+        ["training.stage_two_start=null", "model.bispectrum_channels=32"],
+    ),
     "l3": ("accurate.yaml with 3 layers", ["model.num_layers=3"]),
     "c96": ("accurate.yaml with 96 channels", ["model.channels=96", "model.radial_hidden=96"]),
     "c32": ("accurate.yaml with 32 channels", ["model.channels=32", "model.radial_hidden=32"]),
