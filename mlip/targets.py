@@ -70,6 +70,26 @@ class TargetSpec:
     symmetric: bool = True
     extra: dict = field(default_factory=dict, compare=False, hash=False)
 
+    def to_dict(self) -> dict:
+        """Plain-data form (stored in model files, checkpoints and store manifests)."""
+        return {
+            "name": self.name,
+            "kind": self.kind,
+            "key": self.key,
+            "per_atom": self.per_atom,
+            "irreps": [list(x) for x in self.irreps],
+            "weight": self.weight,
+            "unit_factor": self.unit_factor,
+            "virial_key": self.virial_key,
+            "symmetric": self.symmetric,
+        }
+
+    @classmethod
+    def from_dict(cls, raw: dict) -> TargetSpec:
+        """Inverse of :meth:`to_dict`."""
+        fields = {k: v for k, v in raw.items() if k != "irreps"}
+        return cls(**fields, irreps=tuple(tuple(int(v) for v in x) for x in raw.get("irreps", ())))
+
     @property
     def is_tensor(self) -> bool:
         return self.kind in TENSOR_KINDS

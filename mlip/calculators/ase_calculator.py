@@ -29,6 +29,7 @@ from torch_geometric.data import Data
 from mlip.data.graph import atoms_to_graph
 from mlip.data.neighbours import build_neighbour_list
 from mlip.data.reading import check_structure, normalise_pbc
+from mlip.device import select_device
 from mlip.errors import MLIPError
 from mlip.model.potential import MLIPModel, load_model
 
@@ -76,9 +77,7 @@ class MLIPCalculator(Calculator):
             raise MLIPError(f"skin must be >= 0 Å, got {skin!r}")
         if dtype not in _DTYPES:
             raise MLIPError(f"dtype must be float32 or float64, got {dtype!r}")
-        if device == "auto":
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.device = torch.device(device)
+        self.device = select_device(device)
         self.dtype = _DTYPES[dtype]
         if isinstance(model, MLIPModel):
             self.model = model.to(device=self.device, dtype=self.dtype).eval()

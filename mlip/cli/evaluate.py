@@ -6,10 +6,10 @@ import dataclasses
 
 from mlip.calculators.batched import predict_batches
 from mlip.data.reading import _raw_label, extract_label, is_isolated_atom, normalise_pbc, read_atoms
+from mlip.device import select_device
 from mlip.errors import MLIPError, where
 from mlip.model.potential import load_model
 from mlip.training.metrics import MetricsAccumulator, format_metrics_table
-from mlip.training.trainer import select_device
 
 
 def run_eval(

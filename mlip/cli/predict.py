@@ -18,10 +18,10 @@ from ase.stress import full_3x3_to_voigt_6_stress
 
 from mlip.calculators.batched import predict_batches
 from mlip.data.reading import check_structure, normalise_pbc, read_atoms
+from mlip.device import select_device
 from mlip.errors import MLIPError, where
+from mlip.io import atomic_write_bytes_via
 from mlip.model.potential import load_model
-from mlip.training.checkpoint import atomic_write_bytes_via
-from mlip.training.trainer import select_device
 
 
 def check_writable(path: str) -> None:

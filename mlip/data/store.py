@@ -535,15 +535,13 @@ def statistics_from_json(raw: dict) -> DatasetStatistics:
 # ============================================================== preprocessing a config
 def _settings(cfg) -> dict:
     """The config entries a store depends on (checked again when training from it)."""
-    from mlip.training.trainer import spec_to_dict
-
     d = cfg.data
     e0 = parse_e0s(d.e0s, "config")
     split = None if d.valid_file else {"valid_fraction": float(d.valid_fraction), "seed": int(cfg.seed)}
     return {
         "cutoff": float(d.cutoff),
         "min_distance": float(d.min_distance),
-        "targets": [spec_to_dict(s) for s in cfg.target_specs()],
+        "targets": [s.to_dict() for s in cfg.target_specs()],
         "e0s": e0 if isinstance(e0, str) else {str(z): float(v) for z, v in sorted(e0.items())},
         "max_structures": d.max_structures,
         "split": split,
@@ -600,7 +598,7 @@ def preprocess(
     """Write the store of ``cfg`` (a :class:`~mlip.training.config.Config`) to
     ``cfg.data.preprocessed_dir``; returns the manifest."""
     from mlip import __version__
-    from mlip.training.checkpoint import atomic_write_bytes_via
+    from mlip.io import atomic_write_bytes_via
 
     d = cfg.data
     if not d.preprocessed_dir:

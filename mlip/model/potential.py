@@ -71,13 +71,7 @@ class MLIPModel(nn.Module):
         }
         self.species = species
         self.cutoff = float(cutoff)
-        self.target_specs = [
-            TargetSpec(
-                **{k: v for k, v in t.items() if k != "irreps"},
-                irreps=tuple(tuple(x) for x in t.get("irreps", ())),
-            )
-            for t in targets
-        ]
+        self.target_specs = [TargetSpec.from_dict(t) for t in targets]
         z_to_index = torch.full((119,), -1, dtype=torch.long)
         z_to_index[torch.tensor(species)] = torch.arange(len(species))
         self.register_buffer("z_to_index", z_to_index, persistent=False)
@@ -212,7 +206,7 @@ def model_payload(model: MLIPModel) -> dict:
 
 def save_model(model: MLIPModel, path: str) -> None:
     """Write a self-contained model file (hyperparameters + weights), atomically."""
-    from mlip.training.checkpoint import atomic_torch_save
+    from mlip.io import atomic_torch_save
 
     atomic_torch_save(model_payload(model), path)
 
@@ -245,7 +239,7 @@ def model_from_payload(payload: dict, source: str = "model") -> MLIPModel:
 
 def load_model(path: str, device: str | torch.device = "cpu", dtype: torch.dtype | None = None) -> MLIPModel:
     """Load a model file safely (``torch.load(weights_only=True)``: no code runs from the file)."""
-    from mlip.training.checkpoint import safe_torch_load
+    from mlip.io import safe_torch_load
 
     payload = safe_torch_load(path)
     if isinstance(payload, dict) and payload.get("format") == "mlip-checkpoint":

@@ -47,39 +47,17 @@ from mlip.data.dataset import (
     split_train_valid,
     to_graphs,
 )
+from mlip.device import select_device
 from mlip.errors import MLIPError
+from mlip.io import atomic_torch_save, atomic_write_bytes_via, safe_torch_load
 from mlip.model.potential import MLIPModel, model_from_payload, model_payload, save_model
 from mlip.targets import TargetSpec
 from mlip.training import distributed
-from mlip.training.checkpoint import atomic_torch_save, atomic_write_bytes_via, safe_torch_load
 from mlip.training.config import Config
 from mlip.training.loss import weighted_loss
 from mlip.training.metrics import MetricsAccumulator, format_metrics_table
 
 CHECKPOINT_FORMAT_VERSION = 1
-
-
-def select_device(setting: str) -> torch.device:
-    """``auto`` → CUDA when available, else CPU."""
-    if setting == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if setting.startswith("cuda") and not torch.cuda.is_available():
-        raise MLIPError(f"device '{setting}' requested but CUDA is not available")
-    return torch.device(setting)
-
-
-def spec_to_dict(spec: TargetSpec) -> dict:
-    return {
-        "name": spec.name,
-        "kind": spec.kind,
-        "key": spec.key,
-        "per_atom": spec.per_atom,
-        "irreps": [list(x) for x in spec.irreps],
-        "weight": spec.weight,
-        "unit_factor": spec.unit_factor,
-        "virial_key": spec.virial_key,
-        "symmetric": spec.symmetric,
-    }
 
 
 def build_model(cfg: Config, stats: DatasetStatistics, specs: list[TargetSpec]) -> MLIPModel:
@@ -91,7 +69,7 @@ def build_model(cfg: Config, stats: DatasetStatistics, specs: list[TargetSpec]) 
         e0s=stats.e0s,
         scale=stats.scale,
         shift=stats.shift,
-        targets=[spec_to_dict(s) for s in specs],
+        targets=[s.to_dict() for s in specs],
         backbone=dict(
             channels=m.channels,
             num_layers=m.num_layers,

@@ -16,7 +16,7 @@ import yaml
 
 from mlip.cli.main import main
 from mlip.errors import MLIPError
-from mlip.training.checkpoint import atomic_torch_save, safe_torch_load
+from mlip.io import atomic_torch_save, safe_torch_load
 from mlip.training.config import load_config
 from mlip.training.trainer import train
 from tests.conftest import DATA, ROOT, tiny_raw_config

@@ -15,8 +15,8 @@ import yaml
 from torch_geometric.data import Batch
 
 from mlip.data.store import preprocess
+from mlip.io import safe_torch_load
 from mlip.training import distributed
-from mlip.training.checkpoint import safe_torch_load
 from mlip.training.config import load_config
 from mlip.training.loss import weighted_loss
 from mlip.training.metrics import MetricsAccumulator

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from mlip.errors import MLIPError
+from mlip.io import safe_torch_load
 from mlip.model.potential import load_model
-from mlip.training.checkpoint import safe_torch_load
 from mlip.training.config import load_config
 from mlip.training.trainer import train
 from tests.conftest import tiny_raw_config
