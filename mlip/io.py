@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import pickle
 import tempfile
-import zipfile
 from typing import Any
 
 import torch
@@ -67,6 +66,7 @@ def safe_torch_load(path: str) -> Any:
             f"{path}: refused to load: corrupted, not an mlip file, or it contains code that "
             f"weights-only loading will not run{detail}"
         ) from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise MLIPError(f"{path}: corrupted or truncated file ({first[:160]})") from None
+    except Exception as err:  # torch and pickle raise many types on damaged files; all mean "corrupt"
+        first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        detail = f"{type(err).__name__}: {first[:160]}" if first else type(err).__name__
+        raise MLIPError(f"{path}: corrupted or truncated file ({detail})") from None

@@ -223,12 +223,17 @@ def model_from_payload(payload: dict, source: str = "model") -> MLIPModel:
             f"{source}: model format version {version} is not supported by this mlip "
             f"(expects {MODEL_FORMAT_VERSION}); re-export it with a matching mlip version"
         )
-    model = MLIPModel(**payload["hyperparameters"])
-    # Build at the stored precision so float64 weights are not rounded through float32.
-    stored = [v.dtype for v in payload["state_dict"].values() if torch.is_tensor(v) and v.is_floating_point()]
-    if stored:
-        model = model.to(stored[0])
-    missing, unexpected = model.load_state_dict(payload["state_dict"], strict=False)
+    try:
+        model = MLIPModel(**payload["hyperparameters"])
+        state = payload["state_dict"]
+        # Build at the stored precision so float64 weights are not rounded through float32.
+        stored = [v.dtype for v in state.values() if torch.is_tensor(v) and v.is_floating_point()]
+        if stored:
+            model = model.to(stored[0])
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except Exception as err:  # damaged or foreign payloads raise many types: one line for all
+        first = str(err).strip().splitlines()[0][:160] if str(err).strip() else ""
+        raise MLIPError(f"{source}: not a valid mlip model ({type(err).__name__}: {first})") from None
     if missing or unexpected:
         raise MLIPError(
             f"{source}: weights do not match the architecture (missing {missing[:3]}, "
@@ -243,7 +248,7 @@ def load_model(path: str, device: str | torch.device = "cpu", dtype: torch.dtype
 
     payload = safe_torch_load(path)
     if isinstance(payload, dict) and payload.get("format") == "mlip-checkpoint":
-        payload = payload["model"]
+        payload = payload.get("model")
     model = model_from_payload(payload, source=str(path))
     if dtype is not None:
         model = model.to(dtype)

@@ -208,7 +208,7 @@ class Trainer:
         # Distributed: rank 0's checkpoint goes to every rank (no shared filesystem needed).
         resume_state = distributed.broadcast_object(resume_state, self.dist)
         if resume_state is not None:
-            self.model = model_from_payload(resume_state["model"], self.checkpoint_path)
+            self.model = model_from_payload(resume_state.get("model"), self.checkpoint_path)
         else:
             self.model = build_model(cfg, self.data.stats, self.specs)
         self.model = self.model.to(device=self.device, dtype=self.dtype)
@@ -238,18 +238,28 @@ class Trainer:
         self.best_valid = math.inf
         self.epochs_without_improvement = 0
         if resume_state is not None:
-            self.optimizer.load_state_dict(resume_state["optimizer"])
-            if self.scheduler is not None and resume_state.get("scheduler"):
-                self.scheduler.load_state_dict(resume_state["scheduler"])
-            if self.ema is not None and resume_state.get("ema"):
-                self.ema.load_state_dict(resume_state["ema"])
-            self.start_epoch = int(resume_state["epoch"])
-            self.best_valid = float(resume_state["best_valid"])
-            self.epochs_without_improvement = int(resume_state["epochs_without_improvement"])
-            torch.set_rng_state(resume_state["rng_torch"])
+            self._restore(resume_state)
         # What the training step calls: the model itself, or its DistributedDataParallel wrapper.
         self.train_model = distributed.wrap_model(self.model, self.dist, self.device, probe=self._probe)
         self.valid_loader = self._eval_loader(self.data.valid)
+
+    def _restore(self, state: dict) -> None:
+        """Optimiser, scheduler, EMA, counters and RNG from a checkpoint (one-line error if damaged)."""
+        try:
+            self.optimizer.load_state_dict(state["optimizer"])
+            if self.scheduler is not None and state.get("scheduler"):
+                self.scheduler.load_state_dict(state["scheduler"])
+            if self.ema is not None and state.get("ema"):
+                self.ema.load_state_dict(state["ema"])
+            self.start_epoch = int(state["epoch"])
+            self.best_valid = float(state["best_valid"])
+            self.epochs_without_improvement = int(state["epochs_without_improvement"])
+            torch.set_rng_state(state["rng_torch"])
+        except Exception as err:  # a damaged checkpoint can fail in many ways
+            first = str(err).strip().splitlines()[0][:160] if str(err).strip() else ""
+            raise MLIPError(
+                f"{self.checkpoint_path}: corrupted checkpoint, cannot resume ({type(err).__name__}: {first})"
+            ) from None
 
     def _probe(self, model: torch.nn.Module) -> None:
         """One forward/backward on the first training structure (finds unused parameters)."""
