@@ -70,6 +70,10 @@ class TargetSpec:
     symmetric: bool = True
     extra: dict = field(default_factory=dict, compare=False, hash=False)
 
+    def __post_init__(self) -> None:
+        if self.kind == "forces" and not self.per_atom:  # the one per-atom rule: forces always are
+            object.__setattr__(self, "per_atom", True)
+
     def to_dict(self) -> dict:
         """Plain-data form (stored in model files, checkpoints and store manifests)."""
         return {

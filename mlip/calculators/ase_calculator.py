@@ -26,7 +26,7 @@ from ase.calculators.calculator import Calculator, all_changes
 from ase.stress import full_3x3_to_voigt_6_stress
 from torch_geometric.data import Data
 
-from mlip.data.graph import atoms_to_graph
+from mlip.data.graph import atoms_to_graph, check_min_distance, graph_cell, make_graph
 from mlip.data.neighbours import build_neighbour_list
 from mlip.data.reading import check_structure, normalise_pbc
 from mlip.device import select_device
@@ -143,7 +143,7 @@ class MLIPCalculator(Calculator):
     def _graph_with_skin(self, atoms) -> Data:
         """The graph of ``atoms`` from the cached candidate pairs (rebuilt when needed)."""
         pbc = np.asarray(atoms.pbc, dtype=bool)
-        cell = atoms.cell.array if pbc.any() else np.zeros((3, 3))
+        cell = graph_cell(atoms.cell.array, pbc)
         positions = np.asarray(atoms.positions, dtype=np.float64)
         cache = self._verlet
         if (
@@ -172,21 +172,8 @@ class MLIPCalculator(Calculator):
         dist = np.linalg.norm(vectors, axis=1)
         keep = dist < self.cutoff
         i, j, shifts, dist = i[keep], j[keep], cache["shifts"][keep], dist[keep]
-        if self.min_distance > 0 and len(dist) and dist.min() < self.min_distance:
-            k = int(np.argmin(dist))
-            raise MLIPError(
-                f"atoms: atoms {i[k]} and {j[k]} are {dist[k]:.3g} Å apart, closer than "
-                f"min_distance={self.min_distance} Å"
-            )
-        return Data(
-            pos=torch.tensor(positions, dtype=self.dtype),
-            numbers=torch.tensor(atoms.numbers, dtype=torch.long),
-            edge_index=torch.tensor(np.stack([i, j]), dtype=torch.long),
-            unit_shifts=torch.tensor(shifts, dtype=self.dtype),
-            cell=torch.tensor(cell, dtype=self.dtype).unsqueeze(0),
-            pbc=torch.tensor(pbc).unsqueeze(0),
-            num_nodes=len(atoms),
-        )
+        check_min_distance(i, j, dist, self.min_distance, "atoms")
+        return make_graph(positions, atoms.numbers, cell, pbc, i, j, shifts, dtype=self.dtype)
 
     def _per_atom(self, name: str) -> bool:
         return any(s.name == name and s.per_atom for s in self.model.target_specs)

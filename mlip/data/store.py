@@ -82,15 +82,10 @@ import torch
 from torch_geometric.data import Data
 
 from mlip.data.dataset import DatasetStatistics, _lambda0_offset, parse_e0s
-from mlip.data.graph import atoms_to_graph
-from mlip.data.reading import (
-    LabelledStructure,
-    check_structure,
-    extract_label,
-    is_isolated_atom,
-    normalise_pbc,
-)
+from mlip.data.graph import atoms_to_graph, make_graph
+from mlip.data.reading import LabelledStructure, check_stress_labels, is_isolated_atom, iter_labelled
 from mlip.errors import MLIPError, where
+from mlip.outputs import STRESS_MASK
 from mlip.targets import TargetSpec
 
 FORMAT = "mlip-preprocessed"
@@ -105,53 +100,6 @@ _MAX_Z = 119
 
 
 # ============================================================== reading source files in chunks
-def iter_labelled(
-    path: str | os.PathLike, specs: Sequence[TargetSpec], fmt: str | None = None
-) -> Iterator[LabelledStructure]:
-    """Like :func:`~mlip.data.reading.read_labelled`, one structure at a time (``ase.io.iread``).
-
-    Same checks and the same one-line errors (file, structure index, key); isolated atoms need
-    only an energy label.
-    """
-    path = os.fspath(path)
-    if not os.path.exists(path):
-        raise MLIPError(f"{path}: file not found")
-    if os.path.isdir(path):
-        raise MLIPError(f"{path}: is a directory, expected a structure file")
-    if os.path.getsize(path) == 0:
-        raise MLIPError(f"{path}: file is empty (no structures)")
-    frames = ase.io.iread(path, index=":", format=fmt)
-    index = 0
-    while True:
-        try:
-            atoms = next(frames)
-        except StopIteration:
-            break
-        except Exception as err:  # ASE raises many types; keep the message, drop the traceback
-            msg = str(err).strip().splitlines()
-            detail = msg[-1] if msg else type(err).__name__
-            raise MLIPError(
-                f"{path}, structure {index}: could not be read ({type(err).__name__}: {detail[:200]})"
-            ) from None
-        atoms = normalise_pbc(atoms)
-        loc = where(path, index)
-        check_structure(atoms, loc)
-        isolated = is_isolated_atom(atoms)
-        labels = {}
-        for spec in specs:
-            if isolated and spec.kind != "energy":
-                continue
-            labels[spec.name] = extract_label(atoms, spec, loc)
-        yield LabelledStructure(atoms=atoms, labels=labels, source=loc, index=index)
-        index += 1
-    if index == 0:
-        raise MLIPError(f"{path}: no structures found")
-
-
-def _is_per_atom(spec: TargetSpec) -> bool:
-    return spec.name == "forces" or spec.per_atom  # as in atoms_to_graph
-
-
 def _graph_record(
     s: LabelledStructure, specs: Sequence[TargetSpec], cutoff: float, min_distance: float
 ) -> dict:
@@ -159,7 +107,7 @@ def _graph_record(
     by_name = {spec.name: spec for spec in specs}
     g = atoms_to_graph(s.atoms, cutoff, s.labels, by_name, min_distance, s.source, torch.float64)
     for spec in specs:
-        if spec.name not in s.labels:
+        if spec.name not in s.labels and spec.kind != "stress":
             raise MLIPError(f"{s.source}: label for target '{spec.name}' missing (isolated-atom structure?)")
     rec = {
         "positions": g.pos.numpy(),
@@ -173,7 +121,9 @@ def _graph_record(
     }
     for spec in specs:
         value = g[spec.name].numpy()
-        rec["labels"][spec.name] = value if _is_per_atom(spec) else value[0]
+        if spec.kind == "stress" and not bool(g[STRESS_MASK][0]):
+            value = np.full_like(value, np.nan)  # no stress (label absent or not 3D-periodic)
+        rec["labels"][spec.name] = value if spec.per_atom else value[0]
     return rec
 
 
@@ -270,12 +220,12 @@ class ShardWriter:
                 group = h5.create_group("labels")
                 for spec in self.specs:
                     values = [r["labels"][spec.name] for r in buf]
-                    if _is_per_atom(spec):
+                    if spec.per_atom:
                         array = np.concatenate(values).reshape(-1, *spec.label_shape)
                     else:
                         array = np.stack(values).reshape(n, *spec.label_shape)
                     ds = self._dataset(group, spec.name, np.ascontiguousarray(array, dtype=np.float64))
-                    ds.attrs["per_atom"] = _is_per_atom(spec)
+                    ds.attrs["per_atom"] = spec.per_atom
             size, sha = _fsync_and_hash(tmp)
             os.replace(tmp, final)
         except OSError as err:
@@ -562,6 +512,8 @@ def _write_part(
     progress: Callable[[int], None] | None = None,
 ) -> dict:
     """Stream ``path`` into ``writer``; isolated atoms are left out (their energies → E0s)."""
+    stress_names = [spec.name for spec in specs if spec.kind == "stress"]
+    stress_labelled = 0
     for s in iter_labelled(path, specs, fmt):
         if is_isolated_atom(s.atoms) and len(s.atoms) == 1:
             if isolated_e0s is not None and "energy" in s.labels:
@@ -570,11 +522,14 @@ def _write_part(
         if max_structures is not None and writer.count + len(writer._buf) >= max_structures:
             continue  # keep reading: every structure is validated and isolated atoms are collected
         writer.add(_graph_record(s, specs, cutoff, min_distance))
+        stress_labelled += any(name in s.labels for name in stress_names)
         if progress is not None:
             progress(1)
     info = writer.close()
     if info["count"] == 0:
         raise MLIPError(f"{path}: no structures left after removing isolated atoms")
+    if stress_names and not stress_labelled:
+        check_stress_labels(path, specs, [])
     return info
 
 
@@ -801,7 +756,8 @@ class StoreDataset(torch.utils.data.Dataset):
         self.total = int(part["count"])
         self.indices = None if indices is None else np.asarray(indices, dtype=np.int64)
         self.dtype = dtype
-        self.labels = [(t["name"], t["name"] == "forces" or bool(t["per_atom"])) for t in targets]
+        self.specs = {t["name"]: TargetSpec.from_dict(t) for t in targets}
+        self.labels = [(name, spec.per_atom) for name, spec in self.specs.items()]
         self.max_open_shards = max(1, max_open_shards)
         self._open: OrderedDict[int, _OpenShard] = OrderedDict()
         self._pid = os.getpid()
@@ -871,17 +827,9 @@ class StoreDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, item: int) -> Data:
         arr = self.read_arrays(item)
-        dtype = self.dtype
-        data = Data(
-            pos=torch.from_numpy(arr["positions"]).to(dtype),
-            numbers=torch.from_numpy(arr["numbers"].astype(np.int64)),
-            edge_index=torch.from_numpy(arr["edge_index"].T.astype(np.int64)),
-            unit_shifts=torch.from_numpy(arr["unit_shifts"]).to(dtype),
-            cell=torch.from_numpy(arr["cell"]).to(dtype).unsqueeze(0),
-            pbc=torch.from_numpy(arr["pbc"]).unsqueeze(0),
-            num_nodes=len(arr["numbers"]),
+        edges = arr["edge_index"]
+        labels = {name: arr[name] for name, _ in self.labels}
+        return make_graph(
+            arr["positions"], arr["numbers"], arr["cell"], arr["pbc"], edges[:, 0], edges[:, 1],
+            arr["unit_shifts"], labels, self.specs, self.dtype,
         )
-        for name, per_atom in self.labels:
-            tensor = torch.from_numpy(np.asarray(arr[name])).to(dtype)
-            data[name] = tensor if per_atom else tensor.unsqueeze(0)
-        return data

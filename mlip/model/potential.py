@@ -16,6 +16,7 @@ from torch import nn
 
 from mlip.model.backbone import ScalarBackbone
 from mlip.model.heads import EnergyHead
+from mlip.outputs import ENERGY, FORCES, NODE_ENERGY, STRESS, VIRIAL
 from mlip.targets import TargetSpec
 
 MODEL_FORMAT_VERSION = 1
@@ -24,6 +25,30 @@ MODEL_FORMAT_VERSION = 1
 def _scatter_sum(values: torch.Tensor, index: torch.Tensor, size: int) -> torch.Tensor:
     out = values.new_zeros((size, *values.shape[1:]))
     return out.index_add(0, index, values)
+
+
+def stress_from_strain_derivative(
+    dE_deps: torch.Tensor, cell: torch.Tensor, pbc: torch.Tensor | None
+) -> torch.Tensor:
+    """``σ = (1/V) ∂E/∂ε`` ``[G, 3, 3]`` (eV/Å³) where the cell is periodic along x, y and z.
+
+    Other structures (molecules, slabs, wires) have no volume and get zeros, never a division by
+    a clamped volume; the loss and metrics leave them out (``stress_mask``).
+    """
+    periodic = periodic_graphs(cell, pbc)
+    volume = torch.linalg.det(cell).abs()
+    safe_volume = torch.where(periodic, volume, torch.ones_like(volume))
+    stress = dE_deps / safe_volume.view(-1, 1, 1)
+    return torch.where(periodic.view(-1, 1, 1), stress, torch.zeros_like(stress))
+
+
+def periodic_graphs(cell: torch.Tensor, pbc: torch.Tensor | None) -> torch.Tensor:
+    """``[G]`` bool: periodic along all three axes with a non-degenerate cell."""
+    volume = torch.linalg.det(cell).abs()
+    ok = volume > 1e-6 * torch.linalg.norm(cell, dim=-1).prod(-1).clamp_min(1.0)
+    if pbc is not None:
+        ok = ok & pbc.view(-1, 3).all(dim=-1).to(ok.device)
+    return ok
 
 
 class MLIPModel(nn.Module):
@@ -126,7 +151,8 @@ class MLIPModel(nn.Module):
                 ``edge_index`` [2,E], ``unit_shifts`` [E,3], ``cell`` [G,3,3] and ``batch`` [N]
                 (absent for a single structure).
             compute_forces: also return ``forces`` [N,3] (eV/Å).
-            compute_stress: also return ``stress`` and ``virial`` [G,3,3] (periodic cells).
+            compute_stress: also return ``virial`` [G,3,3] (eV) and ``stress`` [G,3,3] (eV/Å³;
+                zeros for structures not periodic along x, y and z, which have no stress).
             training: keep the graph of the derivatives (for losses on forces/stress).
 
         Returns:
@@ -169,8 +195,8 @@ class MLIPModel(nn.Module):
             e0_64 = self._e0_float64(pos.device)[species]
             node_energy = interaction + e0_64.to(interaction.dtype)
             energy = _scatter_sum(interaction.double() + e0_64, batch, num_graphs)
-            out["energy"] = energy
-            out["node_energy"] = node_energy
+            out[ENERGY] = energy
+            out[NODE_ENERGY] = node_energy
             if need_grad:
                 inputs = [pos] + ([strain] if strain is not None else [])
                 grads = torch.autograd.grad(
@@ -180,12 +206,11 @@ class MLIPModel(nn.Module):
                     retain_graph=training or self.tensor_heads is not None,
                 )
                 if compute_forces:
-                    out["forces"] = -grads[0]
+                    out[FORCES] = -grads[0]
                 if strain is not None:
-                    volume = torch.linalg.det(data.cell.view(-1, 3, 3)).abs()
                     dE_deps = grads[1]
-                    out["virial"] = -dE_deps
-                    out["stress"] = dE_deps / volume.clamp_min(1e-12).view(-1, 1, 1)
+                    out[VIRIAL] = -dE_deps
+                    out[STRESS] = stress_from_strain_derivative(dE_deps, data.cell.view(-1, 3, 3), data.pbc)
         if self.tensor_heads is not None:
             out.update(self.tensor_heads(features, density, batch, num_graphs))
         return out

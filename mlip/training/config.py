@@ -138,7 +138,7 @@ class Config:
                     name=name,
                     kind=kind,
                     key=tc.key or name,
-                    per_atom=tc.per_atom or name == "forces",
+                    per_atom=tc.per_atom,
                     irreps=irreps,
                     weight=float(tc.weight),
                     unit_factor=factor,

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 
 import torch
 
+from mlip.outputs import STRESS_MASK
 from mlip.targets import TargetSpec
 
 
@@ -22,10 +23,24 @@ def target_residual(spec: TargetSpec, pred: dict, batch) -> torch.Tensor:
 
     Energies are compared per atom (eV/atom) so large and small structures count alike.
     """
-    diff = pred[spec.name] - batch[spec.name]
+    pred_value, label = labelled_pair(spec, pred, batch)
+    diff = pred_value - label
     if spec.kind == "energy":
         diff = diff / num_atoms_per_graph(batch)
     return diff.reshape(-1)
+
+
+def labelled_pair(spec: TargetSpec, pred: dict, batch) -> tuple[torch.Tensor, torch.Tensor]:
+    """(prediction, label) of one target, restricted to the structures that have that label.
+
+    Stress: only structures with ``stress_mask`` (a stress label on a cell periodic along x, y
+    and z); every other target: all structures/atoms of the batch.
+    """
+    value, label = pred[spec.name], batch[spec.name]
+    if spec.kind == "stress":
+        mask = batch[STRESS_MASK].view(-1).to(value.device)
+        value, label = value[mask], label[mask]
+    return value, label
 
 
 def weighted_loss(specs: Sequence[TargetSpec], pred: dict, batch) -> tuple[torch.Tensor, dict[str, float]]:
@@ -35,7 +50,8 @@ def weighted_loss(specs: Sequence[TargetSpec], pred: dict, batch) -> tuple[torch
     for spec in specs:
         if spec.weight == 0:
             continue
-        mse = target_residual(spec, pred, batch).pow(2).mean()
+        residual = target_residual(spec, pred, batch)
+        mse = residual.pow(2).sum() / max(residual.numel(), 1)  # 0 when no structure is labelled
         parts[spec.name] = float(mse.detach())
         total = spec.weight * mse if total is None else total + spec.weight * mse
     return total, parts

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import torch
 
 from mlip.targets import TargetSpec
-from mlip.training.loss import num_atoms_per_graph
+from mlip.training.loss import labelled_pair, num_atoms_per_graph
 
 UNITS = {"energy": "eV/atom", "forces": "eV/Å", "stress": "eV/Å³"}
 
@@ -45,7 +45,9 @@ class MetricsAccumulator:
         for spec in self.specs:
             if spec.name not in pred:
                 continue
-            p, y = pred[spec.name], batch[spec.name]
+            p, y = labelled_pair(spec, pred, batch)
+            if p.shape[0] == 0:
+                continue
             if spec.kind == "energy":
                 n = num_atoms_per_graph(batch)
                 p, y = p / n, y / n

@@ -47,6 +47,7 @@ from mlip.data.dataset import (
     split_train_valid,
     to_graphs,
 )
+from mlip.data.reading import check_stress_labels
 from mlip.device import select_device
 from mlip.errors import MLIPError
 from mlip.io import atomic_torch_save, atomic_write_bytes_via, safe_torch_load
@@ -131,6 +132,7 @@ def prepare_data(cfg: Config, dtype: torch.dtype, verify: str = "checksum") -> P
     specs = cfg.target_specs()
     d = cfg.data
     train_structs, isolated = read_for_training(d.train_file, specs, d.format, d.max_structures)
+    check_stress_labels(d.train_file, specs, train_structs)
     if d.valid_file:
         valid_structs, _ = read_for_training(d.valid_file, specs, d.format)
     else:
