@@ -18,6 +18,7 @@ pairs and keeps the ones within the cutoff, which are exactly the pairs a fresh 
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import numpy as np
@@ -41,7 +42,9 @@ class MLIPCalculator(Calculator):
 
     Args:
         model: path to a ``model.pt`` written by ``mlip train`` (loaded with
-            ``weights_only=True``), or an ``MLIPModel`` instance.
+            ``weights_only=True``), or an ``MLIPModel`` instance. An instance is copied (the
+            caller's module is left as it was: dtype, device, training mode, trainable weights),
+            so later changes to it, e.g. further training, need a new calculator.
         device: ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``"auto"``.
         dtype: ``"float64"`` (default, for MD) or ``"float32"`` (faster).
         min_distance: raise if two atoms come closer than this (Å; default 0.1, far below any
@@ -80,7 +83,8 @@ class MLIPCalculator(Calculator):
         self.device = select_device(device)
         self.dtype = _DTYPES[dtype]
         if isinstance(model, MLIPModel):
-            self.model = model.to(device=self.device, dtype=self.dtype).eval()
+            # A copy: the caller's module keeps its dtype, device, mode and trainable weights.
+            self.model = copy.deepcopy(model).to(device=self.device, dtype=self.dtype).eval()
         else:
             self.model = load_model(str(model), self.device, self.dtype)
         for p in self.model.parameters():
