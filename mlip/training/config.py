@@ -278,20 +278,23 @@ def _validate(cfg: Config, source: str) -> None:
             raise MLIPError(f"{source}: '{key}' has an invalid value {value!r}")
     if not cfg.data.train_file:
         raise MLIPError(f"{source}: 'data.train_file' is required")
-    if cfg.data.cutoff <= 0:
-        raise MLIPError(f"{source}: 'data.cutoff' must be positive")
     if not 0.0 <= cfg.data.valid_fraction < 1.0:
         raise MLIPError(f"{source}: 'data.valid_fraction' must be in [0, 1)")
-    for name in ("batch_size", "max_epochs"):
-        if getattr(cfg.training, name) < 1:
-            raise MLIPError(f"{source}: 'training.{name}' must be at least 1")
+    _check_ranges(cfg, source)
     for name, tc in cfg.targets.items():
+        if tc.weight < 0:
+            raise MLIPError(f"{source}: 'targets.{name}.weight' must be ≥ 0 (got {tc.weight})")
         if name in ENERGY_KINDS:
             continue
-        if tc.type not in TENSOR_KINDS:
+        if tc.type is None:
             raise MLIPError(
                 f"{source}: target '{name}' needs 'type' (one of {', '.join(TENSOR_KINDS)}); "
                 f"energy targets must be named energy, forces or stress"
+            )
+        if tc.type not in TENSOR_KINDS:
+            raise MLIPError(
+                f"{source}: 'targets.{name}.type' is {tc.type!r}, which is not one of "
+                f"{', '.join(TENSOR_KINDS)} (energy targets must be named energy, forces or stress)"
             )
         if tc.type == "spherical":
             irreps = tc.irreps or []
@@ -305,13 +308,70 @@ def _validate(cfg: Config, source: str) -> None:
             )
             if not ok:
                 raise MLIPError(f"{source}: target '{name}' needs 'irreps' like [[2, 1]] (λ ≥ 0, σ = ±1)")
+    for name, tc in cfg.targets.items():
         if tc.unit is not None and tc.unit not in UNIT_FACTORS:
-            close = difflib.get_close_matches(tc.unit, list(UNIT_FACTORS), n=1)
-            hint = f" (did you mean '{close[0]}'?)" if close else ""
-            raise MLIPError(f"{source}: target '{name}' has unknown unit '{tc.unit}'{hint}")
+            raise MLIPError(f"{source}: target '{name}' has unknown unit '{tc.unit}'{_unit_hint(tc.unit)}")
     if "forces" in cfg.targets or "stress" in cfg.targets:
         if "energy" not in cfg.targets:
             raise MLIPError(f"{source}: forces/stress targets need an 'energy' target")
+    tensors = [name for name in cfg.targets if name not in ENERGY_KINDS]
+    if tensors and cfg.model.lmax < 1:
+        raise MLIPError(
+            f"{source}: 'model.lmax' must be ≥ 1 with tensor targets ({', '.join(tensors)}): their "
+            f"λ-bases are built from the l=1 part of the neighbour density (got {cfg.model.lmax})"
+        )
+
+
+def _unit_hint(unit: str) -> str:
+    """`` (did you mean 'debye'?; valid: eV, Hartree, ...)`` for an unknown unit name."""
+    names = [n for n in UNIT_FACTORS if n]
+    by_lower = {n.lower(): n for n in names}
+    close = difflib.get_close_matches(unit.lower(), list(by_lower), n=1, cutoff=0.5)
+    guess = f"did you mean '{by_lower[close[0]]}'?; " if close else ""
+    return f" ({guess}valid: {', '.join(names)}; or give 'unit_factor')"
+
+
+# key → (lowest allowed, whether the bound is inclusive, highest allowed or None): one-line errors
+# naming the key and the range instead of tracebacks from inside the model.
+_RANGES: dict[str, tuple[float, bool, float | None]] = {
+    "data.cutoff": (0.0, False, None),
+    "data.min_distance": (0.0, True, None),
+    "model.channels": (1, True, None),
+    "model.num_layers": (1, True, None),
+    "model.lmax": (0, True, 8),
+    "model.num_radial": (1, True, None),
+    "model.radial_hidden": (1, True, None),
+    "model.readout_hidden": (1, True, None),
+    "model.num_vectors": (3, True, None),  # pseudotensor bases need triple products of 3 vectors
+    "model.tensor_hidden": (1, True, None),
+    "training.batch_size": (1, True, None),
+    "training.valid_batch_size": (1, True, None),
+    "training.max_epochs": (1, True, None),
+    "training.lr": (0.0, False, None),
+    "training.weight_decay": (0.0, True, None),
+    "training.lr_factor": (0.0, False, 1.0),
+    "training.scheduler_patience": (0, True, None),
+    "training.min_lr": (0.0, True, None),
+    "training.ema_decay": (0.0, True, 1.0),
+    "training.clip_grad_norm": (0.0, False, None),
+    "training.early_stopping_patience": (1, True, None),
+    "training.num_workers": (0, True, None),
+    "training.max_time_minutes": (0.0, False, None),
+    "training.skip_nan_batches": (1, True, None),
+}
+
+
+def _check_ranges(cfg: Config, source: str) -> None:
+    for key, (low, inclusive, high) in _RANGES.items():
+        section, name = key.split(".")
+        value = getattr(getattr(cfg, section), name)
+        if value is None:
+            continue
+        ok = (value >= low if inclusive else value > low) and (high is None or value <= high)
+        if not ok:
+            lower = f"≥ {low}" if inclusive else f"> {low}"
+            allowed = f"{lower} and ≤ {high}" if high is not None else lower
+            raise MLIPError(f"{source}: '{key}' must be {allowed} (got {value!r})")
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
