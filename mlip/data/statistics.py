@@ -4,10 +4,71 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import ase.data
 import numpy as np
 
 from mlip.data.reading import LabelledStructure
-from mlip.errors import MLIPError
+from mlip.errors import MLIPError, warn_once
+
+
+RANK_TOLERANCE = 1e-10  # eigenvalues of CᵀC below this × the largest are treated as zero
+
+
+def composition_matrix(numbers: Sequence[np.ndarray], species: Sequence[int]) -> np.ndarray:
+    """``[n_structures, n_species]`` element counts."""
+    index = {int(z): k for k, z in enumerate(species)}
+    counts = np.zeros((len(numbers), len(species)))
+    for row, nums in enumerate(numbers):
+        for z, n in zip(*np.unique(np.asarray(nums, dtype=np.int64), return_counts=True)):
+            counts[row, index[int(z)]] = n
+    return counts
+
+
+def solve_e0s(
+    ctc: np.ndarray,
+    cte: np.ndarray,
+    species: Sequence[int],
+    fixed: dict[int, float] | None = None,
+) -> dict[int, float]:
+    """Least-squares atomic energies from the normal equations of ``E ≈ Σ_Z n_Z E0_Z`` (eV).
+
+    The one E0 solver of mlip (in-memory statistics and the streamed on-disk store alike).
+
+    Args:
+        ctc: ``[S, S]`` ``CᵀC`` of the element-count matrix ``C`` (columns in ``species`` order).
+        cte: ``[S]`` ``CᵀE`` with the structures' energies ``E``.
+        species: the atomic numbers of the columns.
+        fixed: E0s already known (isolated-atom energies), kept as they are.
+
+    Returns:
+        atomic number → E0. When the compositions do not determine every E0 (one molecule type,
+        elements that always appear in the same ratio) the minimum-norm solution is returned and a
+        warning (once) says that the split between those elements is arbitrary.
+    """
+    fixed = {int(z): float(v) for z, v in (fixed or {}).items() if int(z) in set(map(int, species))}
+    position = {int(z): k for k, z in enumerate(species)}
+    free = [int(z) for z in species if int(z) not in fixed]
+    out = dict(fixed)
+    if free:
+        f = [position[z] for z in free]
+        x = [position[z] for z in sorted(fixed)]
+        rhs = cte[f] - ctc[np.ix_(f, x)] @ np.array([fixed[z] for z in sorted(fixed)], dtype=float)
+        matrix = ctc[np.ix_(f, f)]
+        w, v = np.linalg.eigh(matrix)
+        keep = w > RANK_TOLERANCE * max(float(w.max(initial=0.0)), 1e-300)
+        solution = v[:, keep] @ ((v[:, keep].T @ rhs) / w[keep])
+        rank = int(keep.sum())
+        if rank < len(free):
+            symbols = ", ".join(ase.data.chemical_symbols[z] for z in free)
+            warn_once(
+                f"E0 fit: the training compositions determine only {rank} combination(s) of the "
+                f"{len(free)} atomic reference energies ({symbols}), e.g. all structures have one "
+                f"stoichiometry, so their split between elements is arbitrary (minimum-norm); give "
+                f"isolated-atom energies (data.e0s: a file of isolated atoms, or {{H: eV, ...}}) "
+                f"for a model that transfers to other compositions"
+            )
+        out.update({z: float(val) for z, val in zip(free, solution)})
+    return {int(z): out[int(z)] for z in species}
 
 
 def fit_e0s(
@@ -22,24 +83,11 @@ def fit_e0s(
         species: atomic numbers to fit.
         fixed: E0s already known (e.g. from isolated-atom structures), not refitted.
     """
-    fixed = dict(fixed or {})
-    free = [z for z in species if z not in fixed]
-    if not free:
-        return {int(z): float(fixed[z]) for z in species}
-    counts = np.array([[np.sum(s.atoms.numbers == z) for z in free] for s in structures], float)
-    energies = np.array([float(s.labels["energy"]) for s in structures])
-    energies -= np.array(
-        [sum(fixed.get(int(z), 0.0) for z in s.atoms.numbers if int(z) in fixed) for s in structures]
-    )
     if len(structures) == 0:
         raise MLIPError("cannot fit E0s: no structures with an energy label")
-    # Minimum-norm least squares: exact when the compositions determine the E0s; species whose
-    # counts never vary independently (one molecule type, absent species) stay well defined. (A
-    # ridge term here biased every E0 by ~1e-7·cond·|E0|, i.e. 1e-4 eV for O on tiny data sets.)
-    e0 = np.linalg.lstsq(counts.reshape(len(structures), len(free)), energies, rcond=None)[0]
-    out = {int(z): float(v) for z, v in zip(free, e0)}
-    out.update({int(z): float(v) for z, v in fixed.items()})
-    return {int(z): out[int(z)] for z in species}
+    counts = composition_matrix([s.atoms.numbers for s in structures], species)
+    energies = np.array([float(s.labels["energy"]) for s in structures])
+    return solve_e0s(counts.T @ counts, counts.T @ energies, species, fixed)
 
 
 def energy_scale_shift(

@@ -82,6 +82,7 @@ import torch
 from torch_geometric.data import Data
 
 from mlip.data.dataset import DatasetStatistics, _lambda0_offset, parse_e0s
+from mlip.data.statistics import solve_e0s
 from mlip.data.graph import atoms_to_graph, make_graph
 from mlip.data.reading import LabelledStructure, check_stress_labels, is_isolated_atom, iter_labelled
 from mlip.errors import MLIPError, where
@@ -333,15 +334,6 @@ def _counts_matrix(numbers: np.ndarray, n_atoms: np.ndarray) -> np.ndarray:
     return flat.reshape(len(n_atoms), _MAX_Z).astype(np.float64)
 
 
-def _min_norm_solve(matrix: np.ndarray, rhs: np.ndarray) -> np.ndarray:
-    """Minimum-norm solution of the normal equations (= ``lstsq`` on the design matrix)."""
-    if matrix.size == 0:
-        return np.zeros(0)
-    w, v = np.linalg.eigh(matrix)
-    keep = w > 1e-12 * max(float(w.max()), 1e-300)
-    return v[:, keep] @ ((v[:, keep].T @ rhs) / w[keep])
-
-
 def compute_store_statistics(
     folder: str,
     parts: dict,
@@ -416,14 +408,7 @@ def compute_store_statistics(
         e0s = {z: 0.0 for z in species_list}
     else:
         fixed = {z: v for z, v in isolated_e0s.items() if z in species_list} if e0_setting == "auto" else {}
-        free = [z for z in species_list if z not in fixed]
-        fixed_z = sorted(fixed)
-        e0s = {int(z): float(v) for z, v in fixed.items()}
-        if free:
-            rhs = cte[free] - ctc[np.ix_(free, fixed_z)] @ np.array([fixed[z] for z in fixed_z])
-            solution = _min_norm_solve(ctc[np.ix_(free, free)], rhs)
-            e0s.update({int(z): float(v) for z, v in zip(free, solution)})
-        e0s = {z: e0s[z] for z in species_list}
+        e0s = solve_e0s(ctc[np.ix_(species_list, species_list)], cte[species_list], species_list, fixed)
     stats = DatasetStatistics(
         species=species_list, e0s=e0s, avg_num_neighbours=edges_total / max(atoms_total, 1)
     )

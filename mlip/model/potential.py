@@ -51,6 +51,10 @@ def periodic_graphs(cell: torch.Tensor, pbc: torch.Tensor | None) -> torch.Tenso
     return ok
 
 
+def _drop_legacy_e0_buffer(state_dict: dict, prefix: str, *args: Any) -> None:
+    state_dict.pop(prefix + "e0", None)
+
+
 class MLIPModel(nn.Module):
     """Energy model with optional tensor heads.
 
@@ -100,10 +104,9 @@ class MLIPModel(nn.Module):
         z_to_index = torch.full((119,), -1, dtype=torch.long)
         z_to_index[torch.tensor(species)] = torch.arange(len(species))
         self.register_buffer("z_to_index", z_to_index, persistent=False)
-        e0 = torch.zeros(len(species))
-        for k, z in enumerate(species):
-            e0[k] = float(self.hyperparameters["e0s"].get(z, 0.0))
-        self.register_buffer("e0", e0)
+        # E0s have one source of truth, ``hyperparameters["e0s"]`` (exact float64 values; see
+        # :attr:`e0`). Files written before this had an ``e0`` buffer: it is dropped on loading.
+        self._register_load_state_dict_pre_hook(_drop_legacy_e0_buffer)
         self.register_buffer("scale", torch.tensor(float(scale)))
         self.register_buffer("shift", torch.tensor(float(shift)))
         self.backbone = ScalarBackbone(num_species=len(species), cutoff=cutoff, **backbone)
@@ -120,6 +123,11 @@ class MLIPModel(nn.Module):
             )
 
     # ------------------------------------------------------------------ helpers
+    @property
+    def e0(self) -> torch.Tensor:
+        """``[S]`` float64 atomic reference energies (eV) in species order, from the hyperparameters."""
+        return self._e0_float64(self.scale.device)
+
     def _e0_float64(self, device: torch.device) -> torch.Tensor:
         cached = getattr(self, "_e0_cache", None)
         if cached is None or cached.device != device:
@@ -189,8 +197,8 @@ class MLIPModel(nn.Module):
         if self.has_energy:
             eps = self.energy_head(features)
             interaction = self.scale * eps + self.shift
-            # E0s come from the exact float64 values in the hyperparameters (the ``e0`` buffer may
-            # have been rounded by a float32 run), and totals accumulate in float64: a float32 model
+            # E0s come from the exact float64 values in the hyperparameters (a float32 buffer would
+            # round them), and totals accumulate in float64: a float32 model
             # still gives the total of 10⁵ atoms (≈ −10⁸ eV of reference energies) to below a meV.
             e0_64 = self._e0_float64(pos.device)[species]
             node_energy = interaction + e0_64.to(interaction.dtype)
