@@ -158,8 +158,9 @@ def test_calculator_stress_matches_ase_numerical_stress():
     atoms = bulk("C", "diamond", a=3.57, cubic=True)
     atoms.numbers[[1, 6]] = [8, 1]
     atoms.rattle(0.05, seed=3)
-    atoms.set_cell(atoms.cell.array @ np.array([[1.0, 0.03, 0.0], [0.0, 1.0, -0.02], [0.01, 0.0, 1.0]]),
-                   scale_atoms=True)
+    atoms.set_cell(
+        atoms.cell.array @ np.array([[1.0, 0.03, 0.0], [0.0, 1.0, -0.02], [0.01, 0.0, 1.0]]), scale_atoms=True
+    )
     atoms.calc = MLIPCalculator(_random_model(1), device="cpu", dtype="float64")
     analytic = atoms.get_stress()
     numeric = atoms.calc.calculate_numerical_stress(atoms, d=1e-5)

@@ -185,12 +185,14 @@ def test_store_keeps_the_stress_mask(tmp_path):
     preprocess(cfg, log=None)
     store = PreprocessedStore(tmp_path / "store")
     dataset = store.dataset("train", None, torch.float64)
-    in_memory = prepare_data(load_config(None, raw={**raw, "data": {**raw["data"], "preprocessed_dir": None}}),
-                             torch.float64)
+    in_memory = prepare_data(
+        load_config(None, raw={**raw, "data": {**raw["data"], "preprocessed_dir": None}}), torch.float64
+    )
     graphs = list(in_memory.train) + list(in_memory.valid)
     assert len(dataset) == len(graphs)
-    stored = sorted((bool(dataset[k][STRESS_MASK][0]), float(dataset[k].stress.abs().sum()))
-                    for k in range(len(dataset)))
+    stored = sorted(
+        (bool(dataset[k][STRESS_MASK][0]), float(dataset[k].stress.abs().sum())) for k in range(len(dataset))
+    )
     memory = sorted((bool(g[STRESS_MASK][0]), float(g.stress.abs().sum())) for g in graphs)
     assert stored == pytest.approx(memory)
 
