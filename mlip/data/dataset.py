@@ -14,7 +14,7 @@ from torch_geometric.loader import DataLoader
 
 from mlip.data.graph import atoms_to_graph
 from mlip.data.reading import LabelledStructure, is_isolated_atom, read_labelled
-from mlip.data.statistics import energy_scale_shift, fit_e0s
+from mlip.data.statistics import BlockMoments, energy_scale_shift, fit_e0s
 from mlip.errors import MLIPError
 from mlip.targets import TargetSpec
 
@@ -31,6 +31,10 @@ class DatasetStatistics:
         avg_num_neighbours: mean neighbours per atom within the cutoff.
         tensor_scales: tensor target name → RMS of its per-atom-normalised label (after shift).
         tensor_shifts: tensor target name → per-atom mean of its λ=0 (σ=+1) component, if any.
+        loss_scales: target name → per loss block (:func:`mlip.targets.block_keys`) the scale its
+            squared error is divided by with ``training.loss_normalisation: scale``: ``scale``
+            for energy, forces and stress alike; for tensors the RMS deviation of each (λ, σ)
+            block from its training mean (in label units, per structure or per atom).
     """
 
     species: list[int]
@@ -40,6 +44,7 @@ class DatasetStatistics:
     avg_num_neighbours: float = 10.0
     tensor_scales: dict[str, float] = field(default_factory=dict)
     tensor_shifts: dict[str, float] = field(default_factory=dict)
+    loss_scales: dict[str, list[float]] = field(default_factory=dict)
 
 
 def parse_e0s(setting: object, source: str) -> dict[int, float] | str:
@@ -114,7 +119,13 @@ def compute_statistics(
     if has_energy:
         stats.scale, stats.shift = energy_scale_shift(structures, e0s, "forces" in names)
     for spec in specs:
+        if spec.kind in ("energy", "forces", "stress"):
+            stats.loss_scales[spec.name] = [stats.scale]
         if spec.is_tensor:
+            moments = BlockMoments(spec)
+            for s in structures:
+                moments.add(np.asarray(s.labels[spec.name], dtype=np.float64))
+            stats.loss_scales[spec.name] = moments.scales()
             per_atom_labels = []
             for s in structures:
                 label = np.asarray(s.labels[spec.name], dtype=np.float64)

@@ -9,6 +9,7 @@ import numpy as np
 
 from mlip.data.reading import LabelledStructure
 from mlip.errors import MLIPError, warn_once
+from mlip.targets import TargetSpec, tensor_blocks
 
 
 RANK_TOLERANCE = 1e-10  # eigenvalues of CᵀC below this × the largest are treated as zero
@@ -112,3 +113,48 @@ def energy_scale_shift(
     if not np.isfinite(scale) or scale < 1e-6:
         scale = 1.0
     return scale, shift
+
+
+class BlockMoments:
+    """Streaming per-component mean and spread of one target's labels, per loss block.
+
+    ``add`` takes label-shaped rows ``[R, *label_shape]`` (per structure, or per atom for per-atom
+    targets) in any number of chunks (Chan et al. merging: exact to rounding); :meth:`scales`
+    gives, per block of :func:`mlip.targets.tensor_blocks`, the RMS deviation of the labels from
+    their training mean, ``sqrt(Σ_components var / (2λ+1))``: the loss normalisation of
+    ``training.loss_normalisation: scale`` (a mean predictor then has loss 1 per block).
+    """
+
+    def __init__(self, spec: TargetSpec) -> None:
+        self.spec = spec
+        self.n = 0
+        self.mean: list[np.ndarray] = []
+        self.m2: list[np.ndarray] = []
+
+    def add(self, rows: np.ndarray) -> None:
+        rows = np.asarray(rows, dtype=np.float64).reshape(-1, *self.spec.label_shape)
+        if rows.shape[0] == 0:
+            return
+        blocks = tensor_blocks(self.spec, rows)
+        nb = rows.shape[0]
+        if not self.mean:
+            self.mean = [np.zeros(part.shape[1]) for part, _ in blocks]
+            self.m2 = [np.zeros(part.shape[1]) for part, _ in blocks]
+        total = self.n + nb
+        for k, (part, _) in enumerate(blocks):
+            mb = part.mean(axis=0)
+            m2b = ((part - mb) ** 2).sum(axis=0)
+            delta = mb - self.mean[k]
+            self.m2[k] = self.m2[k] + m2b + delta**2 * self.n * nb / total
+            self.mean[k] = self.mean[k] + delta * nb / total
+        self.n = total
+
+    def scales(self) -> list[float]:
+        dofs = [dof for _, dof in tensor_blocks(self.spec, np.zeros((1, *self.spec.label_shape)))]
+        if self.n == 0:
+            return [1.0] * len(dofs)
+        out = []
+        for m2, dof in zip(self.m2, dofs):
+            rms = float(np.sqrt(m2.sum() / (self.n * dof)))
+            out.append(rms if np.isfinite(rms) and rms > 1e-12 else 1.0)
+        return out

@@ -82,7 +82,7 @@ import torch
 from torch_geometric.data import Data
 
 from mlip.data.dataset import DatasetStatistics, _lambda0_offset, parse_e0s
-from mlip.data.statistics import solve_e0s
+from mlip.data.statistics import BlockMoments, solve_e0s
 from mlip.data.graph import atoms_to_graph, make_graph
 from mlip.data.reading import LabelledStructure, check_stress_labels, is_isolated_atom, iter_labelled
 from mlip.errors import MLIPError, where
@@ -356,6 +356,7 @@ def compute_store_statistics(
     t_rest = {s.name: 0.0 for s in tensors}
     t_rows = {s.name: 0 for s in tensors}
     t_lam0 = {s.name: _MeanVar() for s in tensors}
+    t_moments = {s.name: BlockMoments(s) for s in tensors}
     wanted = ["numbers"]
     wanted += [f"labels/{s.name}" for s in specs if s.name in ("energy", "forces") or s.is_tensor]
     for n_atoms, n_edges, arr in _iter_shard_arrays(folder, train, train_indices, wanted):
@@ -374,6 +375,7 @@ def compute_store_statistics(
             force_n += forces.size
         for spec in tensors:
             label = arr[f"labels/{spec.name}"]
+            t_moments[spec.name].add(label)
             if not spec.per_atom:
                 label = label / n_atoms.reshape(-1, *([1] * (label.ndim - 1)))
             rows = label.reshape(-1, *spec.label_shape)
@@ -424,6 +426,11 @@ def compute_store_statistics(
         stats.shift = float(per_atom.mean)
         scale = float(np.sqrt(force_sq / force_n)) if has_forces else float(np.sqrt(per_atom.m2 / per_atom.n))
         stats.scale = scale if np.isfinite(scale) and scale >= 1e-6 else 1.0
+    for spec in specs:
+        if spec.kind in ("energy", "forces", "stress"):
+            stats.loss_scales[spec.name] = [stats.scale]
+        elif spec.is_tensor:
+            stats.loss_scales[spec.name] = t_moments[spec.name].scales()
     for spec in tensors:
         size = t_rows[spec.name] * int(np.prod(spec.label_shape))
         lam0 = t_lam0[spec.name]
@@ -452,6 +459,7 @@ def statistics_to_json(stats: DatasetStatistics) -> dict:
         "avg_num_neighbours": float(stats.avg_num_neighbours),
         "tensor_scales": {k: float(v) for k, v in stats.tensor_scales.items()},
         "tensor_shifts": {k: float(v) for k, v in stats.tensor_shifts.items()},
+        "loss_scales": {k: [float(x) for x in v] for k, v in stats.loss_scales.items()},
     }
 
 
@@ -464,6 +472,7 @@ def statistics_from_json(raw: dict) -> DatasetStatistics:
         avg_num_neighbours=float(raw["avg_num_neighbours"]),
         tensor_scales={k: float(v) for k, v in raw.get("tensor_scales", {}).items()},
         tensor_shifts={k: float(v) for k, v in raw.get("tensor_shifts", {}).items()},
+        loss_scales={k: [float(x) for x in v] for k, v in raw.get("loss_scales", {}).items()},
     )
 
 

@@ -68,6 +68,9 @@ class MLIPModel(nn.Module):
         backbone: keyword arguments of :class:`~mlip.model.backbone.ScalarBackbone`.
         readout_hidden: width of the energy head MLP.
         tensor: keyword arguments of the tensor heads (see :mod:`mlip.model.tensor_heads`).
+        loss_scales: training-set loss normalisation per target and block (see
+            :mod:`mlip.training.loss`); kept with the model so that resuming and evaluation use
+            the values training used. Not used by ``forward``.
     """
 
     def __init__(
@@ -81,6 +84,7 @@ class MLIPModel(nn.Module):
         backbone: dict[str, Any] | None = None,
         readout_hidden: int = 64,
         tensor: dict[str, Any] | None = None,
+        loss_scales: dict[str, list[float]] | None = None,
     ) -> None:
         super().__init__()
         species = sorted(int(z) for z in species)
@@ -97,6 +101,7 @@ class MLIPModel(nn.Module):
             "backbone": backbone,
             "readout_hidden": readout_hidden,
             "tensor": tensor,
+            "loss_scales": {str(k): [float(x) for x in v] for k, v in (loss_scales or {}).items()},
         }
         self.species = species
         self.cutoff = float(cutoff)

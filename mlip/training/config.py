@@ -85,6 +85,7 @@ class TrainingConfig:
     num_workers: int = 0
     max_time_minutes: float | None = None  # stop after this wall-clock budget
     skip_nan_batches: int = 10  # consecutive NaN/Inf losses tolerated before stopping
+    loss_normalisation: str = "scale"  # scale (each target's MSE / its training scale²) | none
 
 
 @dataclass
@@ -271,6 +272,7 @@ def _validate(cfg: Config, source: str) -> None:
         "dtype": (cfg.dtype, lambda v: v in ("float32", "float64")),
         "training.optimizer": (cfg.training.optimizer, lambda v: v in ("adam", "adamw")),
         "training.scheduler": (cfg.training.scheduler, lambda v: v in ("plateau", "cosine", "none")),
+        "training.loss_normalisation": (cfg.training.loss_normalisation, lambda v: v in ("scale", "none")),
         "logging.wandb_mode": (cfg.logging.wandb_mode, lambda v: v in ("online", "offline", "disabled")),
     }
     for key, (value, ok) in choices.items():

@@ -4,11 +4,19 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Sequence
+from types import MappingProxyType
 
 import torch
 
-from mlip.targets import TargetSpec
-from mlip.training.loss import labelled_pair, num_atoms_per_graph
+from mlip.targets import TargetSpec, block_keys
+from mlip.training.loss import (
+    LossScales,
+    labelled_pair,
+    normalised_mse,
+    num_atoms_per_graph,
+    residual_rows,
+    squared_error_sums,
+)
 
 UNITS = {"energy": "eV/atom", "forces": "eV/Å", "stress": "eV/Å³"}
 
@@ -21,8 +29,12 @@ class MetricsAccumulator:
     (trace/3) and ``<name>_aniso`` (symmetric traceless part, per component).
     """
 
-    def __init__(self, specs: Sequence[TargetSpec]) -> None:
+    def __init__(self, specs: Sequence[TargetSpec], loss_scales: LossScales | None = None) -> None:
         self.specs = list(specs)
+        # read-only view, not a dict: distributed.reduce_metrics all-reduces every dict attribute
+        self.loss_scales = None if loss_scales is None else MappingProxyType(dict(loss_scales))
+        self.block_sq = defaultdict(float)  # "<name>/<block>" → Σ residual² (as in the loss)
+        self.block_count = defaultdict(int)
         self.abs = defaultdict(float)
         self.sq = defaultdict(float)
         self.count = defaultdict(int)
@@ -48,6 +60,11 @@ class MetricsAccumulator:
             p, y = labelled_pair(spec, pred, batch)
             if p.shape[0] == 0:
                 continue
+            rows = residual_rows(spec, pred, batch).detach().double()
+            by_block = self.loss_scales is not None and spec.is_tensor
+            for key, (sq, n) in zip(block_keys(spec), squared_error_sums(spec, rows, by_block)):
+                self.block_sq[f"{spec.name}/{key}"] += float(sq)
+                self.block_count[f"{spec.name}/{key}"] += n
             if spec.kind == "energy":
                 n = num_atoms_per_graph(batch)
                 p, y = p / n, y / n
@@ -66,7 +83,9 @@ class MetricsAccumulator:
         """Per quantity: ``_mae``, ``_rmse``, ``_label_std`` (spread of all label components) and
         ``_mean_rmse``: the RMSE of the *mean predictor*, which predicts every structure's (atom's)
         label as the per-component mean of the evaluated labels (for a polarizability: the mean
-        tensor). Errors well below ``_mean_rmse`` mean the model learned more than the average."""
+        tensor). Errors well below ``_mean_rmse`` mean the model learned more than the average.
+        Per target also ``<name>_loss``: its loss term over the whole set (normalised as in
+        training, unweighted), which the trainer's validation score sums with the weights."""
         out = {}
         for name, n in self.count.items():
             if n == 0:
@@ -80,6 +99,12 @@ class MetricsAccumulator:
                 rows = n / sums.numel()
                 mean_sq = float((sums / rows).pow(2).sum()) / sums.numel()
                 out[f"{name}_mean_rmse"] = max(self.label_sq[name] / n - mean_sq, 0.0) ** 0.5
+        for spec in self.specs:
+            by_block = self.loss_scales is not None and spec.is_tensor
+            keys = block_keys(spec) if by_block else block_keys(spec)[:1]
+            sums = [(self.block_sq[f"{spec.name}/{k}"], self.block_count[f"{spec.name}/{k}"]) for k in keys]
+            if sum(n for _, n in sums):
+                out[f"{spec.name}_loss"] = float(normalised_mse(spec, sums, self.loss_scales))
         return out
 
 

@@ -86,6 +86,7 @@ def build_model(cfg: Config, stats: DatasetStatistics, specs: list[TargetSpec]) 
             scales=stats.tensor_scales,
             shifts=stats.tensor_shifts,
         ),
+        loss_scales=stats.loss_scales,
     )
 
 
@@ -159,10 +160,10 @@ def evaluate(model: torch.nn.Module, loader, specs: list[TargetSpec], device: to
 
 
 def evaluate_accumulator(
-    model: torch.nn.Module, loader, specs: list[TargetSpec], device: torch.device
+    model: torch.nn.Module, loader, specs: list[TargetSpec], device: torch.device, loss_scales=None
 ) -> MetricsAccumulator:
     """Error sums of ``model`` over ``loader`` (reduce them across ranks, then ``compute()``)."""
-    acc = MetricsAccumulator(specs)
+    acc = MetricsAccumulator(specs, loss_scales)
     names = {s.name for s in specs}
     module = model.module if isinstance(model, AveragedModel) else model
     module.eval()
@@ -241,6 +242,7 @@ class Trainer:
         self.epochs_without_improvement = 0
         if resume_state is not None:
             self._restore(resume_state)
+        self.loss_scales = self._loss_scales()
         # What the training step calls: the model itself, or its DistributedDataParallel wrapper.
         self.train_model = distributed.wrap_model(self.model, self.dist, self.device, probe=self._probe)
         self.valid_loader = self._eval_loader(self.data.valid)
@@ -263,12 +265,20 @@ class Trainer:
                 f"{self.checkpoint_path}: corrupted checkpoint, cannot resume ({type(err).__name__}: {first})"
             ) from None
 
+    def _loss_scales(self) -> dict | None:
+        """Loss normalisation: the model's stored scales (identical on resume), else the data's."""
+        if self.cfg.training.loss_normalisation == "none":
+            return None
+        stored = self.model.hyperparameters.get("loss_scales") or {}
+        computed = self.data.stats.loss_scales
+        return {s.name: stored.get(s.name) or computed.get(s.name, [1.0]) for s in self.specs}
+
     def _probe(self, model: torch.nn.Module) -> None:
         """One forward/backward on the first training structure (finds unused parameters)."""
         batch = Batch.from_data_list([self.data.train[0]]).to(self.device)
         names = {s.name for s in self.specs}
         pred = model(batch, compute_forces="forces" in names, compute_stress="stress" in names, training=True)
-        weighted_loss(self.specs, pred, batch)[0].backward()
+        weighted_loss(self.specs, pred, batch, self.loss_scales)[0].backward()
 
     # -------------------------------------------------------------- data loaders
     def _eval_loader(self, data) -> DataLoader:
@@ -307,7 +317,7 @@ class Trainer:
     def _evaluate(self, model: torch.nn.Module, data) -> dict:
         """Metrics on ``data`` (under torchrun: each rank its share, sums all-reduced)."""
         loader = data if isinstance(data, DataLoader) else self._eval_loader(data)
-        acc = evaluate_accumulator(model, loader, self.specs, self.device)
+        acc = evaluate_accumulator(model, loader, self.specs, self.device, self.loss_scales)
         return distributed.reduce_metrics(acc, self.dist).compute()
 
     # -------------------------------------------------------------- steps
@@ -316,7 +326,7 @@ class Trainer:
         loader = self._train_loader(epoch)
         names = {s.name for s in self.specs}
         self.model.train()
-        acc = MetricsAccumulator(self.specs)
+        acc = MetricsAccumulator(self.specs, self.loss_scales)
         running, n_batches, bad_streak = 0.0, 0, 0
         bar = tqdm(
             loader,
@@ -330,7 +340,7 @@ class Trainer:
             pred = self.train_model(
                 batch, compute_forces="forces" in names, compute_stress="stress" in names, training=True
             )
-            loss, _ = weighted_loss(self.specs, pred, batch)
+            loss, _ = weighted_loss(self.specs, pred, batch, self.loss_scales)
             # Under torchrun all ranks skip a batch together (DDP needs every rank's backward).
             finite = bool(torch.isfinite(loss))
             if self.dist.enabled:
@@ -369,12 +379,13 @@ class Trainer:
         return metrics
 
     def _valid_score(self, metrics: dict) -> float:
-        """Weighted sum of validation RMSE² — the same weighting as the loss."""
+        """Weighted sum of the validation loss terms — the same weighting and normalisation as the loss."""
         score = 0.0
         for spec in self.specs:
-            key = f"{spec.name}_rmse"
-            if key in metrics:
-                score += spec.weight * metrics[key] ** 2
+            if f"{spec.name}_loss" in metrics:
+                score += spec.weight * metrics[f"{spec.name}_loss"]
+            elif f"{spec.name}_rmse" in metrics:
+                score += spec.weight * metrics[f"{spec.name}_rmse"] ** 2
         return score
 
     def _save_checkpoint(self, epoch: int) -> None:
