@@ -14,7 +14,7 @@ from torch_geometric.loader import DataLoader
 
 from mlip.data.graph import atoms_to_graph
 from mlip.data.reading import LabelledStructure, is_isolated_atom, read_labelled
-from mlip.data.statistics import BlockMoments, energy_scale_shift, fit_e0s
+from mlip.data.statistics import BlockMoments, LabelMeans, energy_scale_shift, fit_e0s
 from mlip.errors import MLIPError
 from mlip.targets import TargetSpec
 
@@ -45,23 +45,23 @@ class DatasetStatistics:
     tensor_scales: dict[str, float] = field(default_factory=dict)
     tensor_shifts: dict[str, float] = field(default_factory=dict)
     loss_scales: dict[str, list[float]] = field(default_factory=dict)
+    label_means: dict[str, list[float]] = field(default_factory=dict)
 
 
-def parse_e0s(setting: object, source: str) -> dict[int, float] | str:
-    """Config ``e0s`` → ``"auto" | "fit" | "zero"`` or ``{atomic number: eV}``."""
+def parse_e0s(
+    setting: object, source: str, energy_key: str = "energy", unit_factor: float = 1.0
+) -> dict[int, float] | str:
+    """Config ``e0s`` → ``"auto" | "fit" | "zero"`` or ``{atomic number: eV}``.
+
+    A file of isolated atoms: each single-atom structure's energy is read under the energy
+    target's key (``energy_key``, e.g. ``REF_energy``), else under ASE's standard ``energy``,
+    times the energy target's ``unit_factor`` (as its labels are).
+    """
     if isinstance(setting, str):
         if setting in ("auto", "fit", "zero"):
             return setting
         if os.path.isfile(setting):  # a file of isolated atoms with energies
-            from mlip.data.reading import read_labelled
-            from mlip.targets import TargetSpec
-
-            spec = TargetSpec(name="energy", kind="energy", key="energy")
-            atoms = read_labelled(setting, [spec])
-            single = [s for s in atoms if len(s.atoms) == 1]
-            if not single:
-                raise MLIPError(f"{setting}: no single-atom structures to take E0s from")
-            return {int(s.atoms.numbers[0]): float(s.labels["energy"]) for s in single}
+            return _e0s_from_file(setting, energy_key, unit_factor)
         raise MLIPError(f"{source}: 'data.e0s' must be auto, fit, zero, a file of isolated atoms, "
                         f"or a mapping element → eV (got {setting!r})")
     if isinstance(setting, dict):
@@ -76,6 +76,33 @@ def parse_e0s(setting: object, source: str) -> dict[int, float] | str:
             out[z] = float(value)
         return out
     raise MLIPError(f"{source}: 'data.e0s' must be auto, fit, zero or a mapping element → eV")
+
+
+def energy_label(cfg) -> tuple[str, float]:
+    """(label key, unit factor) of a config's energy target (``("energy", 1.0)`` without one)."""
+    spec = next((s for s in cfg.target_specs() if s.kind == "energy"), None)
+    return (spec.key, spec.unit_factor) if spec is not None else ("energy", 1.0)
+
+
+def _e0s_from_file(path: str, energy_key: str, unit_factor: float = 1.0) -> dict[int, float]:
+    from mlip.data.reading import _raw_label, read_atoms
+
+    keys = list(dict.fromkeys([energy_key, "energy"]))
+    out = {}
+    for index, atoms in enumerate(read_atoms(path)):
+        if len(atoms) != 1:
+            continue
+        values = [_raw_label(atoms, key) for key in keys]
+        value = next((v for v in values if v is not None), None)
+        if value is None:
+            raise MLIPError(f"{path}, structure {index}: no energy under {' or '.join(map(repr, keys))}")
+        try:
+            out[int(atoms.numbers[0])] = float(np.asarray(value, dtype=np.float64).reshape(())) * unit_factor
+        except (TypeError, ValueError):
+            raise MLIPError(f"{path}, structure {index}: energy is not one number") from None
+    if not out:
+        raise MLIPError(f"{path}: no single-atom structures to take E0s from")
+    return out
 
 
 def split_isolated(structures: Sequence[LabelledStructure]) -> tuple[list, dict[int, float]]:
@@ -118,6 +145,16 @@ def compute_statistics(
     stats = DatasetStatistics(species=species, e0s=e0s, avg_num_neighbours=avg_num_neighbours)
     if has_energy:
         stats.scale, stats.shift = energy_scale_shift(structures, e0s, "forces" in names)
+    means = LabelMeans()
+    for spec in specs:
+        labelled = [s for s in structures if spec.name in s.labels]
+        if labelled:
+            n_atoms = np.array([len(s.atoms) for s in labelled])
+            if spec.per_atom:
+                means.add(spec, np.concatenate([np.asarray(s.labels[spec.name]) for s in labelled]))
+            else:
+                means.add(spec, np.stack([np.asarray(s.labels[spec.name]) for s in labelled]), n_atoms)
+    stats.label_means = means.means()
     for spec in specs:
         if spec.kind in ("energy", "forces", "stress"):
             stats.loss_scales[spec.name] = [stats.scale]

@@ -158,3 +158,42 @@ class BlockMoments:
             rms = float(np.sqrt(m2.sum() / (self.n * dof)))
             out.append(rms if np.isfinite(rms) and rms > 1e-12 else 1.0)
         return out
+
+
+class LabelMeans:
+    """Per-component means of the training labels, as the metrics see them (the *mean predictor*
+    that ``mlip eval`` compares a model with).
+
+    Quantities: ``energy`` per atom (eV/atom), ``forces`` and ``stress`` per component (stress
+    only of structures that have one), tensor targets per component, and for rank-2 targets also
+    ``<name>_iso`` (trace/3) and ``<name>_aniso`` (symmetric traceless part, 9 components), as in
+    :class:`mlip.training.metrics.MetricsAccumulator`.
+    """
+
+    def __init__(self) -> None:
+        self.sums: dict[str, np.ndarray] = {}
+        self.rows: dict[str, int] = {}
+
+    def _add(self, name: str, rows: np.ndarray) -> None:
+        rows = rows.reshape(rows.shape[0], -1)
+        if rows.shape[0] == 0:
+            return
+        self.sums[name] = self.sums.get(name, 0.0) + rows.sum(axis=0)
+        self.rows[name] = self.rows.get(name, 0) + rows.shape[0]
+
+    def add(self, spec: TargetSpec, labels: np.ndarray, n_atoms: np.ndarray | None = None) -> None:
+        """Label rows ``[R, *label_shape]`` of one target (energies: with ``n_atoms`` ``[R]``)."""
+        rows = np.asarray(labels, dtype=np.float64).reshape(-1, *spec.label_shape)
+        if spec.kind == "energy":
+            rows = rows / np.asarray(n_atoms, dtype=np.float64).reshape(-1)
+        if spec.kind == "stress":
+            rows = rows[np.all(np.isfinite(rows.reshape(len(rows), -1)), axis=1)]
+        self._add(spec.name, rows)
+        if spec.kind == "rank2":
+            iso = np.trace(rows, axis1=-2, axis2=-1) / 3.0
+            sym = 0.5 * (rows + np.swapaxes(rows, -1, -2)) - iso[:, None, None] * np.eye(3)
+            self._add(spec.name + "_iso", iso.reshape(-1, 1))
+            self._add(spec.name + "_aniso", sym)
+
+    def means(self) -> dict[str, list[float]]:
+        return {k: [float(x) for x in np.atleast_1d(v / self.rows[k])] for k, v in self.sums.items()}

@@ -81,8 +81,8 @@ import numpy as np
 import torch
 from torch_geometric.data import Data
 
-from mlip.data.dataset import DatasetStatistics, _lambda0_offset, parse_e0s
-from mlip.data.statistics import BlockMoments, solve_e0s
+from mlip.data.dataset import DatasetStatistics, _lambda0_offset, energy_label, parse_e0s
+from mlip.data.statistics import BlockMoments, LabelMeans, solve_e0s
 from mlip.data.graph import atoms_to_graph, make_graph
 from mlip.data.reading import LabelledStructure, check_stress_labels, is_isolated_atom, iter_labelled
 from mlip.errors import MLIPError, where
@@ -357,9 +357,11 @@ def compute_store_statistics(
     t_rows = {s.name: 0 for s in tensors}
     t_lam0 = {s.name: _MeanVar() for s in tensors}
     t_moments = {s.name: BlockMoments(s) for s in tensors}
-    wanted = ["numbers"]
-    wanted += [f"labels/{s.name}" for s in specs if s.name in ("energy", "forces") or s.is_tensor]
+    means = LabelMeans()
+    wanted = ["numbers"] + [f"labels/{s.name}" for s in specs]
     for n_atoms, n_edges, arr in _iter_shard_arrays(folder, train, train_indices, wanted):
+        for spec in specs:
+            means.add(spec, arr[f"labels/{spec.name}"], n_atoms)
         numbers = arr["numbers"]
         species.update(int(z) for z in np.unique(numbers))
         n_structures += len(n_atoms)
@@ -426,6 +428,7 @@ def compute_store_statistics(
         stats.shift = float(per_atom.mean)
         scale = float(np.sqrt(force_sq / force_n)) if has_forces else float(np.sqrt(per_atom.m2 / per_atom.n))
         stats.scale = scale if np.isfinite(scale) and scale >= 1e-6 else 1.0
+    stats.label_means = means.means()
     for spec in specs:
         if spec.kind in ("energy", "forces", "stress"):
             stats.loss_scales[spec.name] = [stats.scale]
@@ -460,6 +463,7 @@ def statistics_to_json(stats: DatasetStatistics) -> dict:
         "tensor_scales": {k: float(v) for k, v in stats.tensor_scales.items()},
         "tensor_shifts": {k: float(v) for k, v in stats.tensor_shifts.items()},
         "loss_scales": {k: [float(x) for x in v] for k, v in stats.loss_scales.items()},
+        "label_means": {k: [float(x) for x in v] for k, v in stats.label_means.items()},
     }
 
 
@@ -473,6 +477,7 @@ def statistics_from_json(raw: dict) -> DatasetStatistics:
         tensor_scales={k: float(v) for k, v in raw.get("tensor_scales", {}).items()},
         tensor_shifts={k: float(v) for k, v in raw.get("tensor_shifts", {}).items()},
         loss_scales={k: [float(x) for x in v] for k, v in raw.get("loss_scales", {}).items()},
+        label_means={k: [float(x) for x in v] for k, v in raw.get("label_means", {}).items()},
     )
 
 
@@ -480,7 +485,7 @@ def statistics_from_json(raw: dict) -> DatasetStatistics:
 def _settings(cfg) -> dict:
     """The config entries a store depends on (checked again when training from it)."""
     d = cfg.data
-    e0 = parse_e0s(d.e0s, "config")
+    e0 = parse_e0s(d.e0s, "config", *energy_label(cfg))
     split = None if d.valid_file else {"valid_fraction": float(d.valid_fraction), "seed": int(cfg.seed)}
     return {
         "cutoff": float(d.cutoff),
@@ -563,7 +568,7 @@ def preprocess(
         raise MLIPError(f"{folder}: not writable")
     specs = cfg.target_specs()
     settings = _settings(cfg)  # validates data.e0s before the long part
-    e0_setting = parse_e0s(d.e0s, "config")
+    e0_setting = parse_e0s(d.e0s, "config", *energy_label(cfg))
     run_id = secrets.token_hex(4)
     start = time.perf_counter()
     done = [0]

@@ -71,6 +71,8 @@ class MLIPModel(nn.Module):
         loss_scales: training-set loss normalisation per target and block (see
             :mod:`mlip.training.loss`); kept with the model so that resuming and evaluation use
             the values training used. Not used by ``forward``.
+        label_means: per-component training-label means of each metric quantity: the mean
+            predictor ``mlip eval`` reports. Not used by ``forward``.
     """
 
     def __init__(
@@ -85,6 +87,7 @@ class MLIPModel(nn.Module):
         readout_hidden: int = 64,
         tensor: dict[str, Any] | None = None,
         loss_scales: dict[str, list[float]] | None = None,
+        label_means: dict[str, list[float]] | None = None,
     ) -> None:
         super().__init__()
         species = sorted(int(z) for z in species)
@@ -102,6 +105,7 @@ class MLIPModel(nn.Module):
             "readout_hidden": readout_hidden,
             "tensor": tensor,
             "loss_scales": {str(k): [float(x) for x in v] for k, v in (loss_scales or {}).items()},
+            "label_means": {str(k): [float(x) for x in v] for k, v in (label_means or {}).items()},
         }
         self.species = species
         self.cutoff = float(cutoff)

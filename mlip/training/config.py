@@ -404,7 +404,9 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
 def load_config(path: str | None, overrides: list[str] | None = None, raw: dict | None = None) -> Config:
     """Read a YAML config (or a raw dict), apply overrides, validate.
 
-    Relative data paths are taken relative to the current directory (as the user typed them).
+    Relative data paths in a config file resolve against the file's folder if the file exists
+    there, else against the current directory (:func:`resolve_data_paths`); paths given as
+    ``-o data.KEY=...`` overrides, and those of a raw dict, stay relative to the current directory.
     """
     source = os.fspath(path) if path else "config"
     if raw is None:
@@ -423,7 +425,41 @@ def load_config(path: str | None, overrides: list[str] | None = None, raw: dict 
     raw = apply_overrides(raw, overrides or [])
     cfg = _build(Config, raw, "", source)
     _validate(cfg, source)
+    if path:
+        overridden = {parse_override(text)[0][-1] for text in overrides or [] if text.startswith("data.")}
+        resolve_data_paths(cfg, os.path.dirname(os.fspath(path)), source, overridden)
     return cfg
+
+
+# data.* entries that name files or folders: (key, must exist)
+_DATA_PATHS = (("train_file", True), ("valid_file", True), ("test_file", True), ("preprocessed_dir", False))
+
+
+def resolve_data_paths(cfg: Config, config_dir: str, source: str, skip: set[str] = frozenset()) -> None:
+    """Relative data paths in a config file: the config file's folder if the file is there, else
+    the current directory (as before, so repo-root-relative paths run from the repo root keep
+    working). ``skip``: keys given on the command line (relative to the current directory).
+
+    Raises:
+        MLIPError: a data file found in neither folder (the message names both).
+    """
+    d = cfg.data
+    items = list(_DATA_PATHS)
+    if isinstance(d.e0s, str) and d.e0s not in ("auto", "fit", "zero"):
+        items.append(("e0s", True))
+    for key, must_exist in items:
+        value = getattr(d, key)
+        if not value or key in skip or os.path.isabs(value):
+            continue
+        beside = os.path.normpath(os.path.join(config_dir, value))
+        if os.path.exists(beside):
+            setattr(d, key, beside)
+        elif must_exist and not os.path.exists(value):
+            here = os.path.abspath(config_dir or ".")
+            raise MLIPError(
+                f"{source}: 'data.{key}' file '{value}' not found (looked in the config file's folder "
+                f"{here} and in the current directory {os.getcwd()})"
+            )
 
 
 def config_from_dict(raw: dict) -> Config:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from types import MappingProxyType
 
 import torch
@@ -29,10 +29,19 @@ class MetricsAccumulator:
     (trace/3) and ``<name>_aniso`` (symmetric traceless part, per component).
     """
 
-    def __init__(self, specs: Sequence[TargetSpec], loss_scales: LossScales | None = None) -> None:
+    def __init__(
+        self,
+        specs: Sequence[TargetSpec],
+        loss_scales: LossScales | None = None,
+        reference_means: Mapping[str, Sequence[float]] | None = None,
+    ) -> None:
         self.specs = list(specs)
+        # ``_mean_rmse`` of a quantity: the RMSE of predicting these per-component means (the
+        # training set's, stored in the model) instead of the evaluated labels' own mean.
+        self.reference_means = None if reference_means is None else MappingProxyType(dict(reference_means))
         # read-only view, not a dict: distributed.reduce_metrics all-reduces every dict attribute
         self.loss_scales = None if loss_scales is None else MappingProxyType(dict(loss_scales))
+        self.reference_sq = defaultdict(float)  # Σ (label − reference mean)² per quantity
         self.block_sq = defaultdict(float)  # "<name>/<block>" → Σ residual² (as in the loss)
         self.block_count = defaultdict(int)
         self.abs = defaultdict(float)
@@ -52,6 +61,10 @@ class MetricsAccumulator:
         self.label_sum[name] += float(label.sum())
         sums = label.sum(dim=0).cpu()
         self.component_sum[name] = self.component_sum[name] + sums if name in self.component_sum else sums
+        reference = (self.reference_means or {}).get(name)
+        if reference is not None and len(reference) == width:  # Σ |y − m|², summed directly (no cancellation)
+            m = torch.tensor(reference, dtype=label.dtype, device=label.device)
+            self.reference_sq[name] += float((label - m).pow(2).sum())
 
     def update(self, pred: dict, batch) -> None:
         for spec in self.specs:
@@ -94,7 +107,9 @@ class MetricsAccumulator:
             out[f"{name}_rmse"] = (self.sq[name] / n) ** 0.5
             mean = self.label_sum[name] / n
             out[f"{name}_label_std"] = max(self.label_sq[name] / n - mean**2, 0.0) ** 0.5
-            if name in self.component_sum:
+            if name in self.reference_sq:
+                out[f"{name}_mean_rmse"] = (self.reference_sq[name] / n) ** 0.5
+            elif name in self.component_sum:
                 sums = self.component_sum[name]
                 rows = n / sums.numel()
                 mean_sq = float((sums / rows).pow(2).sum()) / sums.numel()

@@ -41,6 +41,7 @@ from mlip.data.dataset import (
     DatasetStatistics,
     average_neighbours,
     compute_statistics,
+    energy_label,
     make_loader,
     parse_e0s,
     read_for_training,
@@ -87,6 +88,7 @@ def build_model(cfg: Config, stats: DatasetStatistics, specs: list[TargetSpec]) 
             shifts=stats.tensor_shifts,
         ),
         loss_scales=stats.loss_scales,
+        label_means=stats.label_means,
     )
 
 
@@ -146,7 +148,7 @@ def prepare_data(cfg: Config, dtype: torch.dtype, verify: str = "checksum") -> P
     stats = compute_statistics(
         train_structs,
         specs,
-        parse_e0s(d.e0s, "config"),
+        parse_e0s(d.e0s, "config", *energy_label(cfg)),
         isolated,
         average_neighbours(train),
         extra_species=sorted(all_species),

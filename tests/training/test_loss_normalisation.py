@@ -135,3 +135,15 @@ def test_validation_metric_uses_the_same_normalisation():
         acc.update({s.name: part[s.name] * 1.1 for s in [MU, ALPHA, EFG]}, part)
     metrics = acc.compute()
     assert sum(metrics[f"{s.name}_loss"] for s in [MU, ALPHA, EFG]) == pytest.approx(float(loss), rel=1e-10)
+
+
+def test_scales_are_stored_with_the_model(trained_run):
+    from mlip.model.potential import load_model
+    from mlip.training.config import load_config
+    from mlip.training.trainer import prepare_data
+
+    stored = load_model(str(trained_run / "model.pt")).hyperparameters["loss_scales"]
+    cfg = load_config(str(trained_run / "config.yaml"))
+    assert cfg.training.loss_normalisation == "scale"
+    stats = prepare_data(cfg, torch.float32).stats
+    assert stored == {"energy": [stats.scale], "forces": [stats.scale]}
