@@ -230,17 +230,46 @@ def average_neighbours(graphs: Sequence[Data]) -> float:
     return edges / max(atoms, 1)
 
 
+def split_indices(
+    n: int, fraction: float, seed: int, mode: str | Sequence[int] = "random", source: str = "config"
+) -> tuple[np.ndarray, np.ndarray]:
+    """Sorted index arrays (train, valid) of ``n`` training structures.
+
+    Args:
+        fraction: share of the structures for validation (at least one when > 0).
+        seed: seeds the ``random`` split.
+        mode: ``random`` (seeded permutation), ``last`` / ``first`` (a contiguous block at the end
+            or the start: for MD trajectories, where random splits put near-duplicates of training
+            frames in validation), or an explicit list of validation indices (``fraction`` unused).
+    """
+    all_idx = np.arange(n, dtype=np.int64)
+    if not isinstance(mode, str):
+        valid = np.asarray(sorted(set(int(i) for i in mode)), dtype=np.int64)
+        if len(valid) and (valid.min() < 0 or valid.max() >= n):
+            raise MLIPError(
+                f"{source}: 'data.valid_split' index {int(valid.max() if valid.max() >= n else valid.min())} "
+                f"is outside the {n} training structures (0 to {n - 1})"
+            )
+        if len(valid) == n:
+            raise MLIPError(f"{source}: 'data.valid_split' leaves no training structures")
+        return np.setdiff1d(all_idx, valid), valid
+    if fraction <= 0 or n < 2:
+        return all_idx, np.zeros(0, dtype=np.int64)
+    n_valid = max(1, int(round(fraction * n)))
+    if mode == "last":
+        return all_idx[: n - n_valid], all_idx[n - n_valid :]
+    if mode == "first":
+        return all_idx[n_valid:], all_idx[:n_valid]
+    order = np.random.default_rng(seed).permutation(n)
+    return np.sort(order[n_valid:]).astype(np.int64), np.sort(order[:n_valid]).astype(np.int64)
+
+
 def split_train_valid(
-    items: list, fraction: float, seed: int
+    items: list, fraction: float, seed: int, mode: str | Sequence[int] = "random"
 ) -> tuple[list, list]:
-    """Seeded random split; returns (train, valid)."""
-    if fraction <= 0 or len(items) < 2:
-        return items, []
-    order = np.random.default_rng(seed).permutation(len(items))
-    n_valid = max(1, int(round(fraction * len(items))))
-    valid = [items[i] for i in sorted(order[:n_valid])]
-    train = [items[i] for i in sorted(order[n_valid:])]
-    return train, valid
+    """Split ``items`` as :func:`split_indices` does; returns (train, valid)."""
+    train_idx, valid_idx = split_indices(len(items), fraction, seed, mode)
+    return [items[i] for i in train_idx], [items[i] for i in valid_idx]
 
 
 def make_loader(graphs: Sequence[Data], batch_size: int, shuffle: bool, seed: int = 0,

@@ -81,7 +81,7 @@ import numpy as np
 import torch
 from torch_geometric.data import Data
 
-from mlip.data.dataset import DatasetStatistics, _lambda0_offset, energy_label, parse_e0s
+from mlip.data.dataset import DatasetStatistics, _lambda0_offset, energy_label, parse_e0s, split_indices
 from mlip.data.statistics import BlockMoments, LabelMeans, solve_e0s
 from mlip.data.graph import atoms_to_graph, make_graph
 from mlip.data.reading import LabelledStructure, check_stress_labels, is_isolated_atom, iter_labelled
@@ -255,16 +255,6 @@ class ShardWriter:
 
 
 # ============================================================== split and statistics
-def split_indices(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Index arrays (train, valid) — the same split as
-    :func:`mlip.data.dataset.split_train_valid` on a list of ``n`` items, without the list."""
-    if fraction <= 0 or n < 2:
-        return np.arange(n, dtype=np.int64), np.zeros(0, dtype=np.int64)
-    order = np.random.default_rng(seed).permutation(n)
-    n_valid = max(1, int(round(fraction * n)))
-    return np.sort(order[n_valid:]).astype(np.int64), np.sort(order[:n_valid]).astype(np.int64)
-
-
 class _MeanVar:
     """Mergeable count/mean/M2 (Chan et al.), exact to rounding for any number of chunks."""
 
@@ -486,7 +476,10 @@ def _settings(cfg) -> dict:
     """The config entries a store depends on (checked again when training from it)."""
     d = cfg.data
     e0 = parse_e0s(d.e0s, "config", *energy_label(cfg))
-    split = None if d.valid_file else {"valid_fraction": float(d.valid_fraction), "seed": int(cfg.seed)}
+    split = None
+    if not d.valid_file:
+        mode = d.valid_split if isinstance(d.valid_split, str) else [int(i) for i in d.valid_split]
+        split = {"valid_fraction": float(d.valid_fraction), "seed": int(cfg.seed), "mode": mode}
     return {
         "cutoff": float(d.cutoff),
         "min_distance": float(d.min_distance),
@@ -596,7 +589,9 @@ def preprocess(
     write_time = time.perf_counter() - start
     train_idx = None
     if settings["split"] is not None:
-        train_idx, valid_idx = split_indices(parts["train"]["count"], d.valid_fraction, cfg.seed)
+        train_idx, valid_idx = split_indices(
+            parts["train"]["count"], d.valid_fraction, cfg.seed, settings["split"]["mode"]
+        )
         settings["split"]["n_valid"] = int(len(valid_idx))
     stats = compute_store_statistics(folder, parts, train_idx, specs, e0_setting, isolated)
     manifest = {
@@ -701,9 +696,9 @@ class PreprocessedStore:
         if (s_split is None) != (w_split is None):
             diffs.append(_human_diff("data.valid_file", stored.get("valid_file"), wanted["valid_file"]))
         elif s_split is not None:
-            for key in ("valid_fraction", "seed"):
-                if s_split.get(key) != w_split[key]:
-                    where_key = "seed" if key == "seed" else f"data.{key}"
+            for key in ("valid_fraction", "seed", "mode"):
+                if s_split.get(key, "random") != w_split[key]:
+                    where_key = {"seed": "seed", "mode": "data.valid_split"}.get(key, f"data.{key}")
                     diffs.append(_human_diff(where_key, s_split.get(key), w_split[key]))
         if bool(stored.get("test_file")) != bool(wanted["test_file"]):
             diffs.append(_human_diff("data.test_file", stored.get("test_file"), wanted["test_file"]))
@@ -718,7 +713,9 @@ class PreprocessedStore:
         split = self.settings.get("split")
         if split is None:
             return None, None
-        return split_indices(self.count("train"), split["valid_fraction"], split["seed"])
+        return split_indices(
+            self.count("train"), split["valid_fraction"], split["seed"], split.get("mode", "random")
+        )
 
     def dataset(self, part: str, indices: np.ndarray | None = None,
                 dtype: torch.dtype = torch.float32) -> StoreDataset:

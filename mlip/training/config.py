@@ -28,6 +28,7 @@ class DataConfig:
     valid_file: str | None = None
     test_file: str | None = None
     valid_fraction: float = 0.1
+    valid_split: Any = "random"  # random | last | first (contiguous, for MD) | [validation indices]
     max_structures: int | None = None  # take the first N training structures (quick runs)
     format: str | None = None  # ase.io format; None = guess from the extension
     cutoff: float = 5.0  # Å
@@ -282,6 +283,17 @@ def _validate(cfg: Config, source: str) -> None:
         raise MLIPError(f"{source}: 'data.train_file' is required")
     if not 0.0 <= cfg.data.valid_fraction < 1.0:
         raise MLIPError(f"{source}: 'data.valid_fraction' must be in [0, 1)")
+    split = cfg.data.valid_split
+    if isinstance(split, str):
+        if split not in ("random", "last", "first"):
+            raise MLIPError(
+                f"{source}: 'data.valid_split' must be random, last, first or a list of structure "
+                f"indices (got {split!r})"
+            )
+    elif not (isinstance(split, list) and all(isinstance(i, int) and not isinstance(i, bool) for i in split)):
+        raise MLIPError(f"{source}: 'data.valid_split' must be random, last, first or a list of integers")
+    elif any(i < 0 for i in split):
+        raise MLIPError(f"{source}: 'data.valid_split' indices must be ≥ 0 (got {min(split)})")
     _check_ranges(cfg, source)
     for name, tc in cfg.targets.items():
         if tc.weight < 0:

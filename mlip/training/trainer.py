@@ -139,7 +139,8 @@ def prepare_data(cfg: Config, dtype: torch.dtype, verify: str = "checksum") -> P
     if d.valid_file:
         valid_structs, _ = read_for_training(d.valid_file, specs, d.format)
     else:
-        train_structs, valid_structs = split_train_valid(train_structs, d.valid_fraction, cfg.seed)
+        split = (d.valid_fraction, cfg.seed, d.valid_split)
+        train_structs, valid_structs = split_train_valid(train_structs, *split)
     test_structs = read_for_training(d.test_file, specs, d.format)[0] if d.test_file else []
     train = to_graphs(train_structs, d.cutoff, specs, d.min_distance, dtype)
     valid = to_graphs(valid_structs, d.cutoff, specs, d.min_distance, dtype)
