@@ -119,6 +119,25 @@ def test_md_runs_and_writes_trajectory(trained_run, tmp_path):
     assert np.all(np.isfinite(frames[-1].positions))
 
 
+def test_md_nve_start_and_no_deprecation_warning(trained_run, tmp_path, capsys):
+    """--temperature is the intended temperature; NVE draws velocities at 2 T by default."""
+    import warnings
+
+    from scripts.run_md import initial_temperature
+    from scripts.run_md import main as run_md
+
+    assert initial_temperature("nve", 300.0, None) == 600.0
+    assert initial_temperature("nvt", 300.0, None) == 300.0
+    assert initial_temperature("nve", 300.0, 450.0) == 450.0
+    args = [str(trained_run / "model.pt"), str(DATA / "ethanol" / "test.xyz"), "--steps", "4"]
+    args += ["--trajectory", str(tmp_path / "md.traj"), "--device", "cpu", "--ensemble", "nve"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DeprecationWarning)  # ASE 3.29 deprecates MaxwellBoltzmann...
+        assert run_md([*args, "--temperature", "300"]) == 0
+    out = capsys.readouterr().out
+    assert "NVE, initial velocities drawn at 600.0 K" in out and "mean temperature" in out
+
+
 def _random_model(seed: int = 0) -> MLIPModel:
     torch.manual_seed(seed)
     model = MLIPModel(
