@@ -113,3 +113,10 @@ def test_no_import_cycle():
 def test_known_former_offenders_stay_fixed(module):
     deps = {d for name, ds in _graph().items() if name == module or name.startswith(module + ".") for d in ds}
     assert not {d for d in deps if d.startswith(("mlip.training", "mlip.cli"))}, deps
+
+
+def test_license_file_matches_the_declared_licence():
+    declared = (ROOT / "pyproject.toml").read_text()
+    assert 'license = { text = "MIT" }' in declared
+    text = (ROOT / "LICENSE").read_text()
+    assert text.startswith("MIT License") and "WITHOUT WARRANTY OF ANY KIND" in text
