@@ -197,3 +197,70 @@ class LabelMeans:
 
     def means(self) -> dict[str, list[float]]:
         return {k: [float(x) for x in np.atleast_1d(v / self.rows[k])] for k, v in self.sums.items()}
+
+
+class PolarizationJumpCheck:
+    """Warn when a periodic dataset's per-structure dipoles jump by a polarization quantum.
+
+    The dipole of a periodic cell is only defined modulo ``e · (n₁a₁ + n₂a₂ + n₃a₃)`` (Berry-phase
+    branch choice; ×2 with spin degeneracy). mlip learns the *sum of atomic contributions*, a
+    smooth function of the positions, so a label that jumps by such a quantum between neighbouring
+    frames (file order, same cell) cannot be learned. The check applies where neighbouring frames
+    are close (median change below a quarter of the shortest lattice vector, as in MD); it flags
+    changes that are a nonzero lattice vector up to a remainder as small as a typical change.
+    Labels are taken to be in e·Å (set ``unit`` on the target so that they are).
+    """
+
+    def __init__(self, spec: TargetSpec, source: str) -> None:
+        self.spec, self.source = spec, source
+        self.previous: tuple[np.ndarray, np.ndarray] | None = None
+        self.changes: list[tuple[int, np.ndarray, np.ndarray]] = []  # (index, Δμ, cell)
+
+    def add(self, index: int, atoms, label: np.ndarray | None) -> None:
+        if label is None or not np.all(atoms.pbc) or self.spec.kind != "vector" or self.spec.per_atom:
+            self.previous = None
+            return
+        cell = np.asarray(atoms.cell.array, dtype=np.float64)
+        dipole = np.asarray(label, dtype=np.float64).reshape(3)
+        if self.previous is not None and np.allclose(self.previous[1], cell, rtol=0.05, atol=0.5):
+            self.changes.append((index, dipole - self.previous[0], cell))
+        self.previous = (dipole, cell)
+
+    def jumps(self) -> list[int]:
+        """Structure indices where the dipole jumped by a quantum from the frame before."""
+        if len(self.changes) < 4:
+            return []
+        typical = float(np.median([np.linalg.norm(d) for _, d, _ in self.changes]))
+        shortest = min(float(np.linalg.norm(c, axis=1).min()) for _, _, c in self.changes)
+        if typical > 0.25 * shortest:
+            return []  # not a smooth sequence of frames: a quantum jump would not stand out
+        out = []
+        for index, change, cell in self.changes:
+            k = np.rint(np.linalg.solve(cell.T, change))
+            remainder = np.linalg.norm(change - k @ cell)
+            if np.any(k != 0) and remainder <= max(2.0 * typical, 1e-6):
+                out.append(index)
+        return out
+
+    def report(self) -> None:
+        jumps = self.jumps()
+        if jumps:
+            warn_once(
+                f"{self.source}: target '{self.spec.name}' jumps by a polarization quantum e·(lattice "
+                f"vector) between neighbouring periodic frames {len(jumps)} time(s) (first at "
+                f"structure {jumps[0]}); mlip learns the dipole as a sum of atomic contributions "
+                f"(smooth in the positions, no Berry-phase branch), so unwrap these labels onto one "
+                f"branch first"
+            )
+
+
+def check_polarization_jumps(
+    structures: Sequence[LabelledStructure], specs: Sequence[TargetSpec], source
+) -> None:
+    """Run :class:`PolarizationJumpCheck` over ``structures`` (file order) for every dipole-like target."""
+    for spec in specs:
+        if spec.kind == "vector" and not spec.per_atom:
+            check = PolarizationJumpCheck(spec, str(source))
+            for s in structures:
+                check.add(s.index, s.atoms, s.labels.get(spec.name))
+            check.report()

@@ -82,7 +82,7 @@ import torch
 from torch_geometric.data import Data
 
 from mlip.data.dataset import DatasetStatistics, _lambda0_offset, energy_label, parse_e0s, split_indices
-from mlip.data.statistics import BlockMoments, LabelMeans, solve_e0s
+from mlip.data.statistics import BlockMoments, LabelMeans, PolarizationJumpCheck, solve_e0s
 from mlip.data.graph import atoms_to_graph, make_graph
 from mlip.data.reading import LabelledStructure, check_stress_labels, is_isolated_atom, iter_labelled
 from mlip.errors import MLIPError, where
@@ -506,6 +506,7 @@ def _write_part(
     """Stream ``path`` into ``writer``; isolated atoms are left out (their energies → E0s)."""
     stress_names = [spec.name for spec in specs if spec.kind == "stress"]
     stress_labelled = 0
+    jump_checks = [PolarizationJumpCheck(s, str(path)) for s in specs if s.kind == "vector" and not s.per_atom]
     for s in iter_labelled(path, specs, fmt):
         if is_isolated_atom(s.atoms) and len(s.atoms) == 1:
             if isolated_e0s is not None and "energy" in s.labels:
@@ -515,6 +516,8 @@ def _write_part(
             continue  # keep reading: every structure is validated and isolated atoms are collected
         writer.add(_graph_record(s, specs, cutoff, min_distance))
         stress_labelled += any(name in s.labels for name in stress_names)
+        for check in jump_checks:
+            check.add(s.index, s.atoms, s.labels.get(check.spec.name))
         if progress is not None:
             progress(1)
     info = writer.close()
@@ -522,6 +525,8 @@ def _write_part(
         raise MLIPError(f"{path}: no structures left after removing isolated atoms")
     if stress_names and not stress_labelled:
         check_stress_labels(path, specs, [])
+    for check in jump_checks:
+        check.report()
     return info
 
 

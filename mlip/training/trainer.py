@@ -49,6 +49,7 @@ from mlip.data.dataset import (
     to_graphs,
 )
 from mlip.data.reading import check_stress_labels
+from mlip.data.statistics import check_polarization_jumps
 from mlip.device import select_device
 from mlip.errors import MLIPError
 from mlip.io import atomic_torch_save, atomic_write_bytes_via, safe_torch_load
@@ -136,6 +137,7 @@ def prepare_data(cfg: Config, dtype: torch.dtype, verify: str = "checksum") -> P
     d = cfg.data
     train_structs, isolated = read_for_training(d.train_file, specs, d.format, d.max_structures)
     check_stress_labels(d.train_file, specs, train_structs)
+    check_polarization_jumps(train_structs, specs, d.train_file)
     if d.valid_file:
         valid_structs, _ = read_for_training(d.valid_file, specs, d.format)
     else:
