@@ -182,7 +182,7 @@ def test_interrupted_rerun_keeps_the_previous_store(tmp_path, monkeypatch):
     def boom(*args, **kwargs):
         raise KeyboardInterrupt
 
-    import mlip.data.store as store_module
+    import mlip.data.store.build as store_module
 
     monkeypatch.setattr(store_module, "compute_store_statistics", boom)
     with pytest.raises(KeyboardInterrupt):
