@@ -33,6 +33,7 @@ from mlip.data.reading import check_structure, normalise_pbc
 from mlip.device import select_device
 from mlip.errors import MLIPError
 from mlip.model.potential import MLIPModel, load_model
+from mlip.outputs import ENERGY, FORCES, NODE_ENERGY, STRESS
 
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
@@ -129,13 +130,13 @@ class MLIPCalculator(Calculator):
         out = self.model(graph, compute_forces=self.has_energy, compute_stress=want_stress)
         results: dict[str, Any] = {}
         if self.has_energy:
-            energy = float(out["energy"].detach().cpu()[0])
+            energy = float(out[ENERGY].detach().cpu()[0])
             results["energy"] = energy
             results["free_energy"] = energy
-            results["energies"] = out["node_energy"].detach().cpu().numpy().astype(np.float64)
-            results["forces"] = out["forces"].detach().cpu().numpy().astype(np.float64)
+            results["energies"] = out[NODE_ENERGY].detach().cpu().numpy().astype(np.float64)
+            results["forces"] = out[FORCES].detach().cpu().numpy().astype(np.float64)
             if want_stress:
-                stress = out["stress"].detach().cpu().numpy()[0].astype(np.float64)
+                stress = out[STRESS].detach().cpu().numpy()[0].astype(np.float64)
                 results["stress"] = full_3x3_to_voigt_6_stress(stress)
         for name in self.tensor_names:
             value = out[name].detach().cpu().numpy().astype(np.float64)
