@@ -1,16 +1,24 @@
-"""The scalar backbone: message passing with invariant angular (power-spectrum) features.
+"""The scalar backbone: message passing with invariant angular features.
 
 Each layer t, for every atom i:
 
 1. expands its neighbour density in radial functions × real spherical harmonics, weighted by the
    neighbours' features (a learned two-body "atomic cluster expansion" density)::
 
-       A_i[c, lm] = 1/⟨n⟩ · Σ_j R^t_{l c}(r_ij) · (W h_j)[c] · Y_lm(r̂_ij)
+       A_i[c, lm] = 1/⟨n⟩ · Σ_j R^t_{l c}(r_ij, s_ij) · (W h_j)[c] · Y_lm(r̂_ij)
 
-2. contracts it to rotation invariants: the l=0 density and, per channel and per l ≥ 1, a
+   From the second layer on, the radial weights may also see *bond projections* of the
+   neighbour's previous density, ``s_ij[c', l] = Σ_m (A_j P_l)[c', lm] · Y_lm(r̂_ij)`` (l ≥ 1;
+   ``model.bond_channels`` channels c'): how j's environment is oriented relative to the bond
+   i–j. They are exact invariants (both factors rotate with the same D^l and carry the same parity)
+   and bring the angle k–j–i — hence torsions i–j–k–m across two layers — into i's update.
+2. contracts the density to rotation invariants: the l=0 density, per channel and per l ≥ 1 a
    channel-mixed power spectrum ``p_i[c, l] = Σ_m A_i[c, lm] · (Σ_c' M^t_{l c c'} A_i[c', lm])``
-   (three-body; stacking layers raises the body order),
-3. updates ``h_i ← h_i + MLP([h_i, A_i[:, 00], p_i])``.
+   (three-body), and with ``correlation: 3`` the bispectrum (four-body) invariants
+   ``b_i[c, l1 l2 l3] = Σ_{m1 m2 m3} C^{l1 l2 l3}_{m1 m2 m3} A_i[c, l1m1] A_i[c, l2m2] (A_i M^t)[c, l3m3]``
+   for every even ``l1 + l2 + l3`` (odd sums are pseudoscalars: they would break inversion
+   invariance), the scalar part of MACE's correlation-3 product;
+3. updates ``h_i ← h_i + MLP([h_i, A_i[:, 00], p_i, b_i])``.
 
 All operations are batched over edges and atoms, so the same code runs on CPU and GPU. Edges are
 laid out per receiving atom on a padded ``[N, K, ·]`` grid (K = largest neighbour count; see
@@ -22,10 +30,10 @@ faster and far less memory than multiplying the messages out and summing them wi
 waste too much (a few atoms with many more neighbours than the rest) the layers use that
 ``index_add`` scatter instead (:meth:`InteractionLayer.forward`).
 
-Features are exactly invariant to rotations, inversion (power spectra are even), translations and
-permutations of like atoms. The last density is returned too: its l=1 part is a
-set of polar vectors per atom, from which the tensor heads build their λ-bases for free, and its
-l ≥ 2 blocks are extra λ-tensors for those bases.
+Features are exactly invariant to rotations, inversion, translations and permutations of like
+atoms. The last density is returned too: its l=1 part is a set of polar vectors per atom, from
+which the tensor heads build their λ-bases for free, and its l ≥ 2 blocks are extra λ-tensors for
+those bases.
 """
 
 from __future__ import annotations
@@ -36,7 +44,7 @@ import torch
 from torch import nn
 
 from mlip.model.radial import BesselBasis, PolynomialEnvelope
-from mlip.model.spherical import spherical_harmonics
+from mlip.model.spherical import clebsch_gordan, spherical_harmonics
 
 
 class NormalisedSiLU(nn.Module):
@@ -134,23 +142,175 @@ class PaddedEdges:
         return grid.index_copy(0, self.flat, values).view(shape)
 
 
-class InteractionLayer(nn.Module):
-    """One message-passing layer; see the module docstring. Shapes: h ``[N, C]``."""
+def bispectrum_paths(lmax: int) -> list[tuple[int, int, int]]:
+    """Even couplings ``(l1, l2, l3)``, ``1 ≤ l1 ≤ l2 ≤ l3 ≤ lmax``, triangle rule, ``l1+l2+l3`` even.
 
-    def __init__(self, channels: int, lmax: int, num_radial: int, radial_hidden: int) -> None:
+    One path per unordered triple (the mixed copy sits on ``l3``): 2 at lmax 2, 4 at lmax 3.
+    """
+    return [
+        (l1, l2, l3)
+        for l3 in range(1, lmax + 1)
+        for l2 in range(1, l3 + 1)
+        for l1 in range(1, l2 + 1)
+        if l3 <= l1 + l2 and (l1 + l2 + l3) % 2 == 0
+    ]
+
+
+class AngularInvariants(nn.Module):
+    """Invariants of a density ``A`` ``[N, (L+1)², C]``: list of ``[N, C]`` and ``[N, C_b]`` blocks.
+
+    The l=0 block, the channel-mixed power spectrum ``p[c, l]`` (l = 1..L) and, for
+    ``correlation ≥ 3``, the even bispectrum ``b[c, path]`` (see the module docstring) of the first
+    ``C_b = bispectrum_channels`` channels (all by default): the four-body invariants cost far more
+    per channel than the power spectrum, and the channels are learned anyway, so the network can
+    route what needs four-body resolution into those channels.
+
+    The bispectrum is evaluated for all paths at once from the non-zero Clebsch–Gordan entries
+    (98 at L = 3): gather the three factors of every entry, multiply, and sum the entries of each
+    path with one matrix product. Far fewer (and smaller) kernels than a dense contraction per path,
+    which matters most in training, where forces need the second derivative.
+    """
+
+    def __init__(
+        self, channels: int, lmax: int, correlation: int = 2, bispectrum_channels: int | None = None
+    ) -> None:
+        super().__init__()
+        self.lmax = lmax
+        self.channels = channels
+        self.bispectrum_channels = min(bispectrum_channels or channels, channels)
+        eye = torch.eye(channels).expand(lmax, channels, channels).clone()
+        self.mix = nn.Parameter(eye + 0.1 * torch.randn(lmax, channels, channels) / channels**0.5)
+        self.paths = bispectrum_paths(lmax) if correlation >= 3 else []
+        first, second, third, path_of, weight = [], [], [], [], []
+        for k, (l1, l2, l3) in enumerate(self.paths):
+            cg = clebsch_gordan(l1, l2, l3)
+            for m1, m2, m3 in torch.nonzero(cg.abs() > 1e-12).tolist():
+                first.append(l1 * l1 + m1)  # index into the flattened (l, m) axis
+                second.append(l2 * l2 + m2)
+                third.append(l3 * l3 + m3)
+                path_of.append(k)
+                weight.append(float(cg[m1, m2, m3]) / (2 * l3 + 1))
+        for name, values in (("first", first), ("second", second), ("third", third)):
+            self.register_buffer(f"_{name}", torch.tensor(values, dtype=torch.long), persistent=False)
+        # [entries, paths]: entry weight in its path's column. Kept in float64 and cast per
+        # (device, dtype) on use: a buffer would be rounded by a float32 model and stay rounded
+        # after .double().
+        summation = torch.zeros(len(weight), len(self.paths), dtype=torch.float64)
+        summation[torch.arange(len(weight)), torch.tensor(path_of, dtype=torch.long)] = torch.tensor(
+            weight, dtype=torch.float64
+        )
+        self._summation = summation
+        self._cast: dict[tuple[torch.device, torch.dtype], torch.Tensor] = {}
+
+    @property
+    def width(self) -> int:
+        """Number of invariant features per atom."""
+        return self.channels * (1 + self.lmax) + self.bispectrum_channels * len(self.paths)
+
+    def forward(self, density: torch.Tensor) -> list[torch.Tensor]:
+        """List of ``[N, C]`` invariants: A_00, p_1..p_L, then the bispectrum paths."""
+        blocks = [density[:, l * l : (l + 1) * (l + 1), :] for l in range(self.lmax + 1)]  # [N, 2l+1, C]
+        mixed = [blocks[0]] + [blocks[l] @ self.mix[l - 1] for l in range(1, self.lmax + 1)]
+        out = [blocks[0][:, 0, :]]
+        for l in range(1, self.lmax + 1):
+            out.append((blocks[l] * mixed[l]).sum(dim=1) / (2 * l + 1))
+        if self.paths:
+            key = (density.device, density.dtype)
+            if key not in self._cast:
+                self._cast[key] = self._summation.to(device=density.device, dtype=density.dtype)
+            cb = self.bispectrum_channels
+            plain = density[..., :cb]
+            mixed_all = torch.cat(mixed, dim=1)[..., :cb]  # [N, (L+1)², C_b]
+            product = (
+                plain.index_select(1, self._first)
+                * plain.index_select(1, self._second)
+                * mixed_all.index_select(1, self._third)
+            )  # [N, entries, C_b]
+            out.extend(torch.matmul(self._cast[key].T, product).unbind(1))  # paths, each [N, C_b]
+        return out
+
+
+class BondProjection(nn.Module):
+    """Bond projections ``s_ij[c', l] = Σ_m (A_j P_l)[c', lm] Y_lm(r̂_ij) / √(2l+1)``, l = 1..L.
+
+    ``A_j`` is the previous layer's density of the neighbour j, ``P_l`` a learned channel
+    compression ``C → C'``; the output is ``[..., L · C']`` per edge (padded layout ``[N, K, ·]``).
+    """
+
+    def __init__(self, channels: int, lmax: int, bond_channels: int) -> None:
+        super().__init__()
+        self.lmax = lmax
+        self.compress = nn.Parameter(torch.randn(lmax, channels, bond_channels) / channels**0.5)
+
+    def compressed(self, density: torch.Tensor) -> list[torch.Tensor]:
+        """Per atom and l ≥ 1: ``(A P_l)`` ``[N, 2l+1, C']``."""
+        return [
+            density[:, l * l : (l + 1) * (l + 1), :] @ self.compress[l - 1] for l in range(1, self.lmax + 1)
+        ]
+
+    def padded(self, density: torch.Tensor, layout: PaddedEdges) -> torch.Tensor:
+        """``[N, K, L·C']`` on the padded layout (zeros in empty slots: their Y are zero)."""
+        out = []
+        for l, block in enumerate(self.compressed(density), start=1):
+            neighbour = block[layout.senders]  # [N, K, 2l+1, C']
+            sh = layout.sh_blocks[l].transpose(1, 2)  # [N, K, 2l+1]
+            out.append((neighbour * sh.unsqueeze(-1)).sum(dim=2) / (2 * l + 1) ** 0.5)
+        return torch.cat(out, dim=-1)
+
+    def per_edge(self, density: torch.Tensor, edge_sh: torch.Tensor, senders: torch.Tensor) -> torch.Tensor:
+        """``[E, L·C']`` for the scatter path (``edge_sh`` ``[E, (L+1)²]``)."""
+        out = []
+        for l, block in enumerate(self.compressed(density), start=1):
+            sh = edge_sh[:, l * l : (l + 1) * (l + 1)]
+            out.append((block[senders] * sh.unsqueeze(-1)).sum(dim=1) / (2 * l + 1) ** 0.5)
+        return torch.cat(out, dim=-1)
+
+
+class InteractionLayer(nn.Module):
+    """One message-passing layer; see the module docstring. Shapes: h ``[N, C]``.
+
+    Args:
+        channels: feature width C.
+        lmax: highest l of the density.
+        num_radial: radial basis functions.
+        radial_hidden: width of the radial MLP.
+        correlation: 2 (power spectrum) or 3 (+ bispectrum invariants).
+        bispectrum_channels: channels that get the bispectrum (None: all).
+        bond_channels: channels C' of the bond projections of the previous density (0: none; the
+            first layer has no previous density).
+    """
+
+    def __init__(
+        self,
+        channels: int,
+        lmax: int,
+        num_radial: int,
+        radial_hidden: int,
+        correlation: int = 2,
+        bond_channels: int = 0,
+        bispectrum_channels: int | None = None,
+    ) -> None:
         super().__init__()
         self.channels = channels
         self.lmax = lmax
-        self.radial = mlp([num_radial, radial_hidden, radial_hidden, (lmax + 1) * channels])
+        self.bond = BondProjection(channels, lmax, bond_channels) if bond_channels > 0 and lmax > 0 else None
+        radial_in = num_radial + (lmax * bond_channels if self.bond is not None else 0)
+        self.radial = mlp([radial_in, radial_hidden, radial_hidden, (lmax + 1) * channels])
         self.neighbour_linear = nn.Linear(channels, channels, bias=False)
         nn.init.normal_(self.neighbour_linear.weight, std=channels**-0.5)
-        eye = torch.eye(channels).expand(lmax, channels, channels).clone()
-        self.mix = nn.Parameter(eye + 0.1 * torch.randn(lmax, channels, channels) / channels**0.5)
-        self.update = mlp([channels * (lmax + 2), channels, channels])
+        self.invariants = AngularInvariants(channels, lmax, correlation, bispectrum_channels)
+        self.update = mlp([channels + self.invariants.width, channels, channels])
         with torch.no_grad():  # start close to the identity map: small residual updates
             self.update[-1].weight.mul_(0.2)
         l_of_lm = torch.cat([torch.full((2 * l + 1,), l, dtype=torch.long) for l in range(lmax + 1)])
         self.register_buffer("l_of_lm", l_of_lm, persistent=False)
+        self._register_load_state_dict_pre_hook(self._rename_old_keys)
+
+    @staticmethod
+    def _rename_old_keys(state_dict: dict, prefix: str, *args) -> None:
+        """Model files of mlip ≤ 0.1 kept the channel mixing as ``<layer>.mix``."""
+        if prefix + "mix" in state_dict:
+            state_dict[prefix + "invariants.mix"] = state_dict.pop(prefix + "mix")
 
     def forward(
         self,
@@ -161,15 +321,20 @@ class InteractionLayer(nn.Module):
         senders: torch.Tensor,
         inv_avg_neighbours: float,
         edge_envelope: torch.Tensor | None = None,
+        previous_density: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-edge messages summed with ``index_add``; returns the updated features ``[N, C]`` and
         the density ``A`` ``[N, (lmax+1)², C]``. (:meth:`forward_padded` computes the same.)
 
         ``edge_envelope`` ``[E]`` multiplies the radial MLP's output: the MLP has biases, so
         MLP(0) ≠ 0 and only this makes the messages (and the energy) vanish smoothly at r_c.
+        ``previous_density`` feeds the bond projections (when the layer has them).
         """
         n_atoms, c = h.shape[0], self.channels
-        weights = self.radial(edge_radial).view(-1, self.lmax + 1, c)  # [E, L+1, C]
+        radial_in = edge_radial
+        if self.bond is not None and previous_density is not None:
+            radial_in = torch.cat([edge_radial, self.bond.per_edge(previous_density, edge_sh, senders)], -1)
+        weights = self.radial(radial_in).view(-1, self.lmax + 1, c)  # [E, L+1, C]
         hj = self.neighbour_linear(h)[senders]  # [E, C]
         if edge_envelope is not None:  # applied to the [E, C] factor: cheaper than to [E, L+1, C]
             hj = hj * edge_envelope.unsqueeze(-1)
@@ -180,24 +345,26 @@ class InteractionLayer(nn.Module):
         return self._update(h, density), density
 
     def forward_padded(
-        self, h: torch.Tensor, layout: PaddedEdges, inv_avg_neighbours: float
+        self,
+        h: torch.Tensor,
+        layout: PaddedEdges,
+        inv_avg_neighbours: float,
+        previous_density: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Same as :meth:`forward`, on the padded layout: per atom and l, ``[2l+1, K] @ [K, C]``."""
         n_atoms, k, c = layout.num_atoms, layout.max_neighbours, self.channels
-        weights = self.radial(layout.radial).view(n_atoms, k, self.lmax + 1, c)  # R_l per slot
+        radial_in = layout.radial
+        if self.bond is not None and previous_density is not None:
+            radial_in = torch.cat([layout.radial, self.bond.padded(previous_density, layout)], dim=-1)
+        weights = self.radial(radial_in).view(n_atoms, k, self.lmax + 1, c)  # R_l per slot
         hj = self.neighbour_linear(h)[layout.senders] * layout.envelope.unsqueeze(-1)  # [N, K, C]
         blocks = [torch.bmm(layout.sh_blocks[l], radial * hj) for l, radial in enumerate(weights.unbind(2))]
         density = torch.cat(blocks, dim=1) * inv_avg_neighbours  # [N, (L+1)², C]
         return self._update(h, density), density
 
     def _update(self, h: torch.Tensor, density: torch.Tensor) -> torch.Tensor:
-        """``h + MLP([h, A_00, p_1 .. p_L])`` with the channel-mixed power spectrum ``p_l``."""
-        invariants = [h, density[:, 0, :]]
-        for l in range(1, self.lmax + 1):
-            block = density[:, l * l : (l + 1) * (l + 1), :]  # [N, 2l+1, C]
-            mixed = block @ self.mix[l - 1]
-            invariants.append((block * mixed).sum(dim=1) / (2 * l + 1))
-        return h + self.update(torch.cat(invariants, dim=-1))
+        """``h + MLP([h, A_00, p_1 .. p_L, b_paths])``."""
+        return h + self.update(torch.cat([h, *self.invariants(density)], dim=-1))
 
 
 class ScalarBackbone(nn.Module):
@@ -212,6 +379,10 @@ class ScalarBackbone(nn.Module):
         num_radial: Bessel functions.
         radial_hidden: width of the radial MLP.
         avg_num_neighbours: dataset average, normalises the densities.
+        correlation: 2 = power-spectrum invariants (three-body per layer); 3 = also the even
+            bispectrum (four-body per layer).
+        bond_channels: channels of the bond projections fed to layers ≥ 2 (0 = off).
+        bispectrum_channels: channels with bispectrum invariants (None: all).
     """
 
     def __init__(
@@ -224,6 +395,9 @@ class ScalarBackbone(nn.Module):
         num_radial: int = 8,
         radial_hidden: int = 64,
         avg_num_neighbours: float = 10.0,
+        correlation: int = 2,
+        bond_channels: int = 0,
+        bispectrum_channels: int | None = None,
     ) -> None:
         super().__init__()
         self.lmax = lmax
@@ -232,7 +406,16 @@ class ScalarBackbone(nn.Module):
         self.radial_basis = BesselBasis(cutoff, num_radial)
         self.envelope = PolynomialEnvelope(cutoff)
         self.layers = nn.ModuleList(
-            InteractionLayer(channels, lmax, num_radial, radial_hidden) for _ in range(num_layers)
+            InteractionLayer(
+                channels,
+                lmax,
+                num_radial,
+                radial_hidden,
+                correlation,
+                bond_channels if t > 0 else 0,
+                bispectrum_channels,
+            )
+            for t in range(num_layers)
         )
         self.inv_avg_neighbours = 1.0 / max(float(avg_num_neighbours), 1e-3)
 
@@ -258,13 +441,15 @@ class ScalarBackbone(nn.Module):
         h = self.embedding(species)
         layout = PaddedEdges.build(receivers, senders, h.shape[0], edge_sh, edge_radial, envelope, self.lmax)
         features = []
-        density = h.new_zeros(h.shape[0], (self.lmax + 1) ** 2, self.channels)
+        density = None
         for layer in self.layers:
             if layout is not None:
-                h, density = layer.forward_padded(h, layout, self.inv_avg_neighbours)
+                h, density = layer.forward_padded(h, layout, self.inv_avg_neighbours, density)
             else:
                 h, density = layer(
-                    h, edge_sh, edge_radial, receivers, senders, self.inv_avg_neighbours, envelope
+                    h, edge_sh, edge_radial, receivers, senders, self.inv_avg_neighbours, envelope, density
                 )
             features.append(h)
+        if density is None:
+            density = h.new_zeros(h.shape[0], (self.lmax + 1) ** 2, self.channels)
         return features, density

@@ -49,6 +49,9 @@ class ModelConfig:
     readout_hidden: int = 64
     num_vectors: int = 4  # learned vectors per atom for tensor λ-bases
     tensor_hidden: int = 64
+    correlation: int = 2  # 2: power-spectrum invariants (3-body per layer); 3: + bispectrum (4-body)
+    bispectrum_channels: int | None = None  # channels with bispectrum invariants (None: all)
+    bond_channels: int = 0  # channels of the bond projections of the previous density (0 = off)
 
 
 @dataclass
@@ -74,9 +77,10 @@ class TrainingConfig:
     valid_batch_size: int = 32
     max_epochs: int = 100
     optimizer: str = "adam"  # adam | adamw
+    amsgrad: bool = False  # the AMSGrad variant (MACE's default)
     lr: float = 1e-3
     weight_decay: float = 0.0
-    scheduler: str = "plateau"  # plateau | cosine | none
+    scheduler: str = "plateau"  # plateau | cosine (over max_time_minutes if set, else max_epochs) | none
     lr_factor: float = 0.5
     scheduler_patience: int = 5
     min_lr: float = 1e-6
@@ -87,6 +91,15 @@ class TrainingConfig:
     max_time_minutes: float | None = None  # stop after this wall-clock budget
     skip_nan_batches: int = 10  # consecutive NaN/Inf losses tolerated before stopping
     loss_normalisation: str = "scale"  # scale (each target's MSE / its training scale²) | none
+    # Stage two (as MACE's): from this fraction of the budget (max_time_minutes if set, else
+    # max_epochs) on, train with stage_two_weights (target → weight; others keep theirs) and
+    # stage_two_lr; the best-model tracking restarts, since the validation score's weights changed.
+    stage_two_start: float | None = None
+    stage_two_lr: float | None = None  # None: lr / 10
+    stage_two_weights: dict[str, float] = field(default_factory=dict)
+    # Copy the best model so far to output_dir/snapshots/model_<m>min.pt at the end of the first
+    # epoch past each mark (minutes of wall time since training began): learning curves of one run.
+    snapshot_minutes: list | None = None
 
 
 @dataclass
@@ -187,6 +200,14 @@ def _check_type(value: Any, tp: Any, loc: str, source: str) -> Any:
         if not isinstance(value, list):
             raise MLIPError(f"{source}: '{loc}' should be a list, got {value!r}")
         return value
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise MLIPError(f"{source}: '{loc}' should be a mapping, got {value!r}")
+        key_type, value_type = typing.get_args(tp)
+        return {
+            _check_type(k, key_type, f"{loc} key", source): _check_type(v, value_type, f"{loc}.{k}", source)
+            for k, v in value.items()
+        }
     if tp is bool:
         if not isinstance(value, bool):
             raise MLIPError(f"{source}: '{loc}' should be true or false, got {value!r}")
@@ -295,6 +316,7 @@ def _validate(cfg: Config, source: str) -> None:
     elif any(i < 0 for i in split):
         raise MLIPError(f"{source}: 'data.valid_split' indices must be ≥ 0 (got {min(split)})")
     _check_ranges(cfg, source)
+    _validate_stage_two_and_snapshots(cfg, source)
     for name, tc in cfg.targets.items():
         if tc.weight < 0:
             raise MLIPError(f"{source}: 'targets.{name}.weight' must be ≥ 0 (got {tc.weight})")
@@ -358,6 +380,9 @@ _RANGES: dict[str, tuple[float, bool, float | None]] = {
     "model.readout_hidden": (1, True, None),
     "model.num_vectors": (3, True, None),  # pseudotensor bases need triple products of 3 vectors
     "model.tensor_hidden": (1, True, None),
+    "model.correlation": (2, True, 3),
+    "model.bispectrum_channels": (1, True, None),
+    "model.bond_channels": (0, True, None),
     "training.batch_size": (1, True, None),
     "training.valid_batch_size": (1, True, None),
     "training.max_epochs": (1, True, None),
@@ -386,6 +411,25 @@ def _check_ranges(cfg: Config, source: str) -> None:
             lower = f"≥ {low}" if inclusive else f"> {low}"
             allowed = f"{lower} and ≤ {high}" if high is not None else lower
             raise MLIPError(f"{source}: '{key}' must be {allowed} (got {value!r})")
+
+
+def _validate_stage_two_and_snapshots(cfg: Config, source: str) -> None:
+    t = cfg.training
+    if t.stage_two_start is not None and not 0.0 < t.stage_two_start < 1.0:
+        raise MLIPError(f"{source}: 'training.stage_two_start' must be in (0, 1) (a fraction of the budget)")
+    if t.stage_two_lr is not None and not t.stage_two_lr > 0:
+        raise MLIPError(f"{source}: 'training.stage_two_lr' must be positive")
+    for name, weight in t.stage_two_weights.items():
+        if name not in cfg.targets:
+            raise MLIPError(
+                f"{source}: 'training.stage_two_weights' names '{name}', which is not a target "
+                f"(targets: {', '.join(cfg.targets)})"
+            )
+        if weight < 0:
+            raise MLIPError(f"{source}: 'training.stage_two_weights.{name}' must be >= 0")
+    for mark in t.snapshot_minutes or []:
+        if isinstance(mark, bool) or not isinstance(mark, (int, float)) or not mark > 0:
+            raise MLIPError(f"{source}: 'training.snapshot_minutes' should be a list of positive minutes")
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:

@@ -23,10 +23,12 @@ DistributedDataParallel; see :mod:`mlip.training.distributed`. Without it nothin
 from __future__ import annotations
 
 import csv
+import dataclasses
 import gc
 import json
 import math
 import os
+import shutil
 import time
 from dataclasses import dataclass
 
@@ -80,6 +82,9 @@ def build_model(cfg: Config, stats: DatasetStatistics, specs: list[TargetSpec]) 
             num_radial=m.num_radial,
             radial_hidden=m.radial_hidden,
             avg_num_neighbours=stats.avg_num_neighbours,
+            correlation=m.correlation,
+            bond_channels=m.bond_channels,
+            bispectrum_channels=m.bispectrum_channels,
         ),
         readout_hidden=m.readout_hidden,
         tensor=dict(
@@ -226,12 +231,16 @@ class Trainer:
             self.model.load_state_dict(resume_state["model"]["state_dict"])
         t = cfg.training
         opt_cls = torch.optim.AdamW if t.optimizer == "adamw" else torch.optim.Adam
-        self.optimizer = opt_cls(self.model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
+        self.optimizer = opt_cls(
+            self.model.parameters(), lr=t.lr, weight_decay=t.weight_decay, amsgrad=t.amsgrad
+        )
+        self.stage = 1
+        self.wall_time_offset = 0.0  # wall time of the epochs before a resume, s
+        # cosine with a time budget: the learning rate follows the wall clock, set every step
+        self.time_cosine = t.scheduler == "cosine" and bool(t.max_time_minutes)
         if t.scheduler == "plateau":
-            self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
-                self.optimizer, factor=t.lr_factor, patience=t.scheduler_patience, min_lr=t.min_lr
-            )
-        elif t.scheduler == "cosine":
+            self.scheduler = self._plateau_scheduler()
+        elif t.scheduler == "cosine" and not self.time_cosine:
             self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
                 self.optimizer, T_max=t.max_epochs, eta_min=t.min_lr
             )
@@ -246,6 +255,9 @@ class Trainer:
         self.best_valid = math.inf
         self.epochs_without_improvement = 0
         if resume_state is not None:
+            if resume_state.get("stage", 1) == 2:
+                self._enter_stage_two(quiet=True)
+            self.wall_time_offset = float(resume_state.get("wall_time_s", 0.0))
             self._restore(resume_state)
         self.loss_scales = self._loss_scales()
         # What the training step calls: the model itself, or its DistributedDataParallel wrapper.
@@ -277,6 +289,78 @@ class Trainer:
         stored = self.model.hyperparameters.get("loss_scales") or {}
         computed = self.data.stats.loss_scales
         return {s.name: stored.get(s.name) or computed.get(s.name, [1.0]) for s in self.specs}
+
+    def _plateau_scheduler(self) -> torch.optim.lr_scheduler.ReduceLROnPlateau:
+        t = self.cfg.training
+        return torch.optim.lr_scheduler.ReduceLROnPlateau(
+            self.optimizer, factor=t.lr_factor, patience=t.scheduler_patience, min_lr=t.min_lr
+        )
+
+    # -------------------------------------------------------------- stage two
+    def _stage_two_due(self, epoch: int, elapsed_s: float) -> bool:
+        """Stage two starts at ``stage_two_start`` × the time budget (or × max_epochs)."""
+        t = self.cfg.training
+        if t.stage_two_start is None or self.stage == 2:
+            return False
+        if t.max_time_minutes:
+            return elapsed_s >= t.stage_two_start * 60.0 * t.max_time_minutes
+        return epoch >= t.stage_two_start * t.max_epochs
+
+    def _enter_stage_two(self, quiet: bool = False) -> None:
+        """Stage-two loss weights (and learning rate); best model reset.
+
+        The learning rate: ``stage_two_lr`` if given (then constant, or a fresh plateau schedule
+        under ``scheduler: plateau``); otherwise a cosine schedule simply continues (it is low by
+        then) and any other schedule restarts from ``lr / 10``.
+        """
+        t = self.cfg.training
+        self.stage = 2
+        weights = t.stage_two_weights
+        self.specs = [dataclasses.replace(s, weight=float(weights.get(s.name, s.weight))) for s in self.specs]
+        lr = self.optimizer.param_groups[0]["lr"]
+        if not (t.scheduler == "cosine" and t.stage_two_lr is None):
+            lr = t.stage_two_lr if t.stage_two_lr is not None else t.lr / 10.0
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr
+            self.time_cosine = False
+            self.scheduler = self._plateau_scheduler() if t.scheduler == "plateau" else None
+        # the validation score is a weighted sum: scores of the two stages are not comparable
+        self.best_valid = math.inf
+        self.epochs_without_improvement = 0
+        if not quiet:
+            weights = ", ".join(f"{s.name} {s.weight:g}" for s in self.specs)
+            self._log(f"mlip: stage two: learning rate {lr:g}, loss weights {weights}")
+
+    def _set_time_cosine_lr(self) -> None:
+        """``min_lr + (lr − min_lr) · (1 + cos(π t / T)) / 2`` with t the wall time, T the budget."""
+        t = self.cfg.training
+        progress = min((time.perf_counter() - self.clock_start) / (60.0 * t.max_time_minutes), 1.0)
+        lr = t.min_lr + (t.lr - t.min_lr) * 0.5 * (1.0 + math.cos(math.pi * progress))
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+
+    # -------------------------------------------------------------- snapshots
+    def _take_snapshots(self, epoch: int, wall_time_s: float) -> None:
+        """Copy the best model so far for every snapshot mark that ``wall_time_s`` has passed."""
+        marks = self.cfg.training.snapshot_minutes or []
+        folder = os.path.join(self.out, "snapshots")
+        for mark in sorted(float(m) for m in marks):
+            path = os.path.join(folder, f"model_{mark:g}min.pt")
+            if wall_time_s < 60.0 * mark or os.path.exists(path) or not os.path.exists(self.model_path):
+                continue
+            os.makedirs(folder, exist_ok=True)
+
+            def copy_best(handle) -> None:
+                with open(self.model_path, "rb") as best:
+                    shutil.copyfileobj(best, handle)
+
+            atomic_write_bytes_via(path, copy_best)
+            index = os.path.join(folder, "snapshots.csv")
+            new = not os.path.exists(index)
+            with open(index, "a") as handle:
+                if new:
+                    handle.write("mark_min,wall_time_s,epoch,stage,file\n")
+                handle.write(f"{mark:g},{wall_time_s:.3f},{epoch},{self.stage},{os.path.basename(path)}\n")
 
     def _probe(self, model: torch.nn.Module) -> None:
         """One forward/backward on the first training structure (finds unused parameters)."""
@@ -364,6 +448,8 @@ class Trainer:
                 continue
             bad_streak = 0
             self.optimizer.zero_grad(set_to_none=True)
+            if self.time_cosine:
+                self._set_time_cosine_lr()
             loss.backward()
             if t.clip_grad_norm:
                 torch.nn.utils.clip_grad_norm_(self.model.parameters(), t.clip_grad_norm)
@@ -406,6 +492,8 @@ class Trainer:
             "epochs_without_improvement": self.epochs_without_improvement,
             "config": self.cfg.to_dict(),
             "rng_torch": torch.get_rng_state(),
+            "stage": self.stage,
+            "wall_time_s": self.wall_time_s,
         }
         atomic_torch_save(payload, self.checkpoint_path)
 
@@ -466,7 +554,8 @@ class Trainer:
                 os.remove(self.csv_path)
             else:  # resumed: drop rows of epochs the checkpoint does not contain (they are redone)
                 self._truncate_csv(self.start_epoch)
-        start_time = time.perf_counter()
+        start_time = self.clock_start = time.perf_counter() - self.wall_time_offset
+        self.wall_time_s = self.wall_time_offset
         last_valid: dict = {}
         n_train = len(self.data.train)
         source = f"store {cfg.data.preprocessed_dir}" if cfg.data.preprocessed_dir else "in memory"
@@ -476,6 +565,8 @@ class Trainer:
             f"{sum(p.numel() for p in self.model.parameters())} parameters, device {self.device}{ranks}"
         )
         for epoch in range(self.start_epoch, t.max_epochs):
+            if self._stage_two_due(epoch, time.perf_counter() - start_time):
+                self._enter_stage_two()
             epoch_start = time.perf_counter()
             train_metrics = self._train_epoch(epoch)
             train_time = time.perf_counter() - epoch_start
@@ -495,11 +586,14 @@ class Trainer:
                     save_model(self._best_module(), self.model_path)
             else:
                 self.epochs_without_improvement += 1
+            self.wall_time_s = time.perf_counter() - start_time
             row = {
                 "epoch": epoch + 1,
                 "lr": self.optimizer.param_groups[0]["lr"],
                 "train_loss": train_metrics["loss"],
                 "epoch_time_s": train_time,
+                "wall_time_s": self.wall_time_s,
+                "stage": self.stage,
                 "structures_per_s": n_train / max(train_time, 1e-9),
             }
             row.update({f"train_{k}": v for k, v in train_metrics.items() if k.endswith(("_mae", "_rmse"))})
@@ -507,6 +601,7 @@ class Trainer:
             if main:  # metrics row first, then the checkpoint: a kill in between repeats the epoch
                 self._write_csv(row)
                 self._save_checkpoint(epoch + 1)
+                self._take_snapshots(epoch + 1, self.wall_time_s)
             if wandb_run is not None:
                 wandb_run.log(row, step=epoch + 1)
             summary = "  ".join(
@@ -521,7 +616,7 @@ class Trainer:
             if t.early_stopping_patience and self.epochs_without_improvement >= t.early_stopping_patience:
                 self._log(f"mlip: early stopping after {epoch + 1} epochs")
                 break
-            elapsed = time.perf_counter() - start_time
+            elapsed = self.wall_time_s
             over_time = bool(t.max_time_minutes) and elapsed > 60 * t.max_time_minutes
             if distributed.any_true(over_time, self.dist):  # one rank over budget stops all together
                 self._log(f"mlip: time budget of {t.max_time_minutes} min reached")

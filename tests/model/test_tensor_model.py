@@ -18,7 +18,7 @@ ALL_IRREPS = [[lam, sig] for lam in LAMS for sig in (1, -1)]
 CUTOFF = 4.0
 
 
-def make_model(lmax: int = 3) -> MLIPModel:
+def make_model(lmax: int = 3, **backbone) -> MLIPModel:
     targets = [
         {"name": "energy", "kind": "energy", "key": "energy"},
         {"name": "dipole", "kind": "vector", "key": "mu", "irreps": [[1, 1]]},
@@ -39,7 +39,7 @@ def make_model(lmax: int = 3) -> MLIPModel:
         [1, 6, 7, 8],
         CUTOFF,
         targets=targets,
-        backbone=dict(channels=12, lmax=lmax, num_layers=2, num_radial=6, radial_hidden=12),
+        backbone=dict(channels=12, lmax=lmax, num_layers=2, num_radial=6, radial_hidden=12, **backbone),
         tensor=dict(num_vectors=4, hidden=12),
     ).double()
     with torch.no_grad():
@@ -48,8 +48,10 @@ def make_model(lmax: int = 3) -> MLIPModel:
     return model.eval()
 
 
-@pytest.fixture(scope="module")
-def model() -> MLIPModel:
+@pytest.fixture(scope="module", params=["power-spectrum", "bispectrum+bonds"])
+def model(request) -> MLIPModel:
+    if request.param == "bispectrum+bonds":
+        return make_model(correlation=3, bond_channels=4)
     return make_model()
 
 
