@@ -91,12 +91,13 @@ def test_float64_and_stress_training_on_periodic_data(tmp_path):
                 "forces": {"key": "force", "weight": 1.0},
                 "stress": {"key": "stress", "virial_key": "virial", "weight": 100.0},
             },
-            "training.max_epochs": 6,
+            "training.max_epochs": 4,
             "training.batch_size": 4,
         },
     )
     valid = train(load_config(None, raw=raw))["valid"]
-    assert valid["stress_rmse"] < 0.8 * valid["stress_mean_rmse"], valid
+    # reference run: 0.026 vs 0.149 eV/Å³ for the mean predictor after these 4 epochs
+    assert valid["stress_rmse"] < 0.5 * valid["stress_mean_rmse"], valid
 
 
 def test_wandb_offline_logging(tmp_path, monkeypatch):
