@@ -53,7 +53,7 @@ from mlip.data.dataset import (
 from mlip.data.reading import check_stress_labels
 from mlip.data.statistics import check_polarization_jumps
 from mlip.device import select_device
-from mlip.errors import MLIPError
+from mlip.errors import MLIPError, warn_once
 from mlip.io import atomic_torch_save, atomic_write_bytes_via, safe_torch_load
 from mlip.model.potential import MLIPModel, model_from_payload, model_payload, save_model
 from mlip.targets import TargetSpec
@@ -287,8 +287,18 @@ class Trainer:
         if self.cfg.training.loss_normalisation == "none":
             return None
         stored = self.model.hyperparameters.get("loss_scales") or {}
-        computed = self.data.stats.loss_scales
-        return {s.name: stored.get(s.name) or computed.get(s.name, [1.0]) for s in self.specs}
+        computed = dict(self.data.stats.loss_scales)
+        scales = {}
+        for spec in self.specs:
+            scale = stored.get(spec.name) or computed.get(spec.name)
+            if scale is None and not spec.is_tensor:
+                scale = [self.data.stats.scale]
+            if scale is None:  # a store written before loss normalisation existed
+                warn_once(f"no loss scale for '{spec.name}' (preprocessed store from an older mlip? rerun "
+                          f"`mlip preprocess`); its loss is not normalised")
+                scale = [1.0]
+            scales[spec.name] = scale
+        return scales
 
     def _plateau_scheduler(self) -> torch.optim.lr_scheduler.ReduceLROnPlateau:
         t = self.cfg.training
