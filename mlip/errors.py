@@ -25,3 +25,17 @@ def where(path: object | None = None, index: int | None = None, key: str | None 
     if key is not None:
         parts.append(f"key '{key}'")
     return ", ".join(parts)
+
+
+_warned: set[str] = set()
+
+
+def warn_once(message: str) -> None:
+    """Print ``mlip: warning: <message>`` to stderr, once per distinct message and process."""
+    import sys
+
+    text = " ".join(str(message).split())
+    if text in _warned:
+        return
+    _warned.add(text)
+    print(f"mlip: warning: {text}", file=sys.stderr, flush=True)

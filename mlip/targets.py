@@ -23,6 +23,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numpy as np
+
 BOHR_TO_ANGSTROM = 0.529177210903
 UNIT_FACTORS = {
     "": 1.0,
@@ -70,6 +72,30 @@ class TargetSpec:
     symmetric: bool = True
     extra: dict = field(default_factory=dict, compare=False, hash=False)
 
+    def __post_init__(self) -> None:
+        if self.kind == "forces" and not self.per_atom:  # the one per-atom rule: forces always are
+            object.__setattr__(self, "per_atom", True)
+
+    def to_dict(self) -> dict:
+        """Plain-data form (stored in model files, checkpoints and store manifests)."""
+        return {
+            "name": self.name,
+            "kind": self.kind,
+            "key": self.key,
+            "per_atom": self.per_atom,
+            "irreps": [list(x) for x in self.irreps],
+            "weight": self.weight,
+            "unit_factor": self.unit_factor,
+            "virial_key": self.virial_key,
+            "symmetric": self.symmetric,
+        }
+
+    @classmethod
+    def from_dict(cls, raw: dict) -> TargetSpec:
+        """Inverse of :meth:`to_dict`."""
+        fields = {k: v for k, v in raw.items() if k != "irreps"}
+        return cls(**fields, irreps=tuple(tuple(int(v) for v in x) for x in raw.get("irreps", ())))
+
     @property
     def is_tensor(self) -> bool:
         return self.kind in TENSOR_KINDS
@@ -93,3 +119,44 @@ def default_irreps(kind: str, symmetric: bool = True) -> tuple[tuple[int, int], 
     if kind == "rank2":
         return ((0, 1), (2, 1)) if symmetric else ((0, 1), (1, -1), (2, 1))
     raise ValueError(kind)
+
+
+def block_keys(spec: TargetSpec) -> list[str]:
+    """Names of the (λ, σ) blocks a tensor target's loss is normalised by (``l0``, ``l1o``, ...);
+    a single ``all`` for energy, forces and stress."""
+    if not spec.is_tensor:
+        return ["all"]
+    return [f"l{lam}{'' if sig > 0 else 'o'}" for lam, sig in spec.irreps]
+
+
+def tensor_blocks(spec: TargetSpec, rows):
+    """Split label-shaped rows ``[R, *label_shape]`` (numpy or torch) into the target's blocks.
+
+    Returns ``[(parts [R, k], dof)]`` in :func:`block_keys` order, such that ``Σ parts²`` over a
+    block equals the squared norm of its spherical components and ``dof = 2λ+1``. Rank-2 blocks
+    are computed in Cartesian form (the Cartesian ↔ spherical map is orthonormal, see
+    :mod:`mlip.model.cartesian`): λ=0 ``tr/√3``, (1, −1) ``(A − Aᵀ)/2``, λ=2 the symmetric
+    traceless part. Energy, forces and stress: one block with every component.
+    """
+    n = rows.shape[0]
+    if not spec.is_tensor:
+        flat = rows.reshape(n, -1)
+        return [(flat, flat.shape[1])]
+    if spec.kind == "vector":
+        return [(rows.reshape(n, 3), 3)]
+    if spec.kind == "spherical":
+        out, start = [], 0
+        for lam, _ in spec.irreps:
+            out.append((rows[:, start : start + 2 * lam + 1], 2 * lam + 1))
+            start += 2 * lam + 1
+        return out
+    trace = rows[:, 0, 0] + rows[:, 1, 1] + rows[:, 2, 2]
+    swapped = rows.swapaxes(-1, -2)
+    diagonal = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0]
+    eye = rows.new_tensor(diagonal) if hasattr(rows, "new_tensor") else np.asarray(diagonal)
+    parts = {
+        (0, 1): (trace.reshape(n, 1) / 3**0.5, 1),
+        (1, -1): (((rows - swapped) / 2).reshape(n, 9), 3),
+        (2, 1): (((rows + swapped) / 2).reshape(n, 9) - trace.reshape(n, 1) / 3 * eye, 5),
+    }
+    return [parts[irrep] for irrep in spec.irreps]

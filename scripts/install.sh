@@ -14,8 +14,10 @@ if ! "$PY" -c "import torch" >/dev/null 2>&1; then
         "$PY" -m pip install "torch==${TORCH_VERSION}"
     else
         echo "install.sh: no GPU found, installing the CPU build of torch ${TORCH_VERSION}"
-        # A local wheel (pip find-links) first, then the PyTorch CPU index.
-        "$PY" -m pip install --no-index "torch==${TORCH_VERSION}" 2>/dev/null \
+        # First the +cpu build through pip's configured sources (a local CPU wheel via find-links,
+        # its dependencies from the package index; fails fast where no +cpu build is reachable,
+        # since PyPI has none), then the PyTorch CPU index.
+        "$PY" -m pip install "torch==${TORCH_VERSION}+cpu" \
             || "$PY" -m pip install "torch==${TORCH_VERSION}" --index-url https://download.pytorch.org/whl/cpu
     fi
 fi

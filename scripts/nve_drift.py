@@ -15,10 +15,14 @@ import sys
 import ase.io
 import numpy as np
 from ase import units
-from ase.md.velocitydistribution import MaxwellBoltzmannDistribution, Stationary, ZeroRotation
 from ase.md.verlet import VelocityVerlet
 
 from mlip import MLIPCalculator
+
+try:
+    from scripts.run_md import draw_velocities
+except ImportError:  # run as `python scripts/nve_drift.py`: scripts/ is on sys.path
+    from run_md import draw_velocities
 
 
 def nve_drift(
@@ -27,10 +31,7 @@ def nve_drift(
     """Run NVE MD and return drift (eV/atom/ps), fluctuation (eV/atom), simulated time (ps)."""
     atoms = atoms.copy()
     atoms.calc = calc
-    MaxwellBoltzmannDistribution(atoms, temperature_K=temperature, rng=np.random.default_rng(seed))
-    Stationary(atoms)
-    if not any(atoms.pbc):
-        ZeroRotation(atoms)
+    draw_velocities(atoms, temperature, np.random.default_rng(seed))
     dyn = VelocityVerlet(atoms, timestep_fs * units.fs)
     times, energies = [], []
 

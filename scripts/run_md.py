@@ -3,7 +3,17 @@
     python scripts/run_md.py runs/example/model.pt data/ethanol/test.xyz --steps 500
 
 Langevin (NVT, default) or velocity Verlet (NVE, ``--ensemble nve``); prints temperature and
-energy every ``--log-every`` steps and the time per step at the end.
+energy every ``--log-every`` steps, and the time per step and mean temperature at the end.
+
+Temperatures:
+
+* ``--temperature T`` is the temperature the run should have: the Langevin thermostat's target
+  in NVT, the intended average temperature in NVE.
+* ``--initial-temperature T0`` is the temperature the initial velocities are drawn at
+  (Maxwell–Boltzmann). Default: ``T`` in NVT, and ``2 T`` in NVE — the usual factor-2 start:
+  from a structure near a minimum, equipartition moves about half of the kinetic energy into
+  potential energy, so velocities drawn at ``T`` settle near ``T/2`` (e.g. 600 K → ~300-380 K);
+  drawn at ``2 T`` they settle near ``T``. Give ``--initial-temperature`` to choose yourself.
 """
 
 from __future__ import annotations
@@ -17,11 +27,32 @@ import numpy as np
 from ase import units
 from ase.io.trajectory import Trajectory
 from ase.md.langevin import Langevin
-from ase.md.velocitydistribution import MaxwellBoltzmannDistribution, Stationary, ZeroRotation
+from ase.md.velocitydistribution import Stationary, ZeroRotation
 from ase.md.verlet import VelocityVerlet
 
 from mlip import MLIPCalculator
 from mlip.errors import MLIPError
+
+
+def draw_velocities(atoms, temperature_K: float, rng: np.random.Generator) -> None:
+    """Maxwell–Boltzmann momenta at ``temperature_K`` without centre-of-mass motion (and, for
+    molecules, without rotation). Uses ASE's ``thermalize_momenta`` (ASE ≥ 3.29; the older
+    ``MaxwellBoltzmannDistribution`` is deprecated there) and falls back on older ASE."""
+    try:
+        from ase.md.velocitydistribution import thermalize_momenta
+    except ImportError:  # ASE < 3.29
+        from ase.md.velocitydistribution import MaxwellBoltzmannDistribution as thermalize_momenta
+    thermalize_momenta(atoms, temperature_K=temperature_K, rng=rng)
+    Stationary(atoms)
+    if not any(atoms.pbc):
+        ZeroRotation(atoms)
+
+
+def initial_temperature(ensemble: str, temperature: float, initial: float | None) -> float:
+    """Temperature the initial velocities are drawn at (see the module docstring)."""
+    if initial is not None:
+        return initial
+    return 2.0 * temperature if ensemble == "nve" else temperature
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -31,7 +62,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--index", type=int, default=0)
     p.add_argument("--steps", type=int, default=500)
     p.add_argument("--timestep", type=float, default=0.5, help="fs")
-    p.add_argument("--temperature", type=float, default=300.0, help="K")
+    p.add_argument(
+        "--temperature",
+        type=float,
+        default=300.0,
+        help="K: thermostat target (nvt) or intended average temperature (nve)",
+    )
+    p.add_argument(
+        "--initial-temperature",
+        type=float,
+        default=None,
+        help="K: initial velocities drawn at this temperature (default: --temperature for nvt, "
+        "2 × --temperature for nve, since equipartition halves it)",
+    )
     p.add_argument("--friction", type=float, default=0.01, help="Langevin friction, 1/fs")
     p.add_argument("--ensemble", choices=["nvt", "nve"], default="nvt")
     p.add_argument("--supercell", type=int, nargs=3, default=None, help="repeat a periodic cell")
@@ -55,10 +98,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"run_md: error: {err}", file=sys.stderr)
         return 1
     rng = np.random.default_rng(args.seed)
-    MaxwellBoltzmannDistribution(atoms, temperature_K=args.temperature, rng=rng)
-    Stationary(atoms)
-    if not any(atoms.pbc):
-        ZeroRotation(atoms)
+    start_temperature = initial_temperature(args.ensemble, args.temperature, args.initial_temperature)
+    draw_velocities(atoms, start_temperature, rng)
+    print(
+        f"run_md: {args.ensemble.upper()}, initial velocities drawn at {start_temperature:.1f} K"
+        + (f", thermostat at {args.temperature:.1f} K" if args.ensemble == "nvt" else ""),
+        flush=True,
+    )
+    temperatures: list[float] = []
     dt = args.timestep * units.fs
     if args.ensemble == "nvt":
         dyn = Langevin(
@@ -68,6 +115,8 @@ def main(argv: list[str] | None = None) -> int:
         dyn = VelocityVerlet(atoms, dt)
     traj = Trajectory(args.trajectory, "w", atoms)
     dyn.attach(traj.write, interval=max(1, args.log_every // 5))
+
+    dyn.attach(lambda: temperatures.append(atoms.get_temperature()), interval=1)
 
     def log() -> None:
         epot = atoms.get_potential_energy()
@@ -83,9 +132,11 @@ def main(argv: list[str] | None = None) -> int:
     dyn.run(args.steps)
     elapsed = time.perf_counter() - start
     traj.close()
+    mean_t = float(np.mean(temperatures[len(temperatures) // 2 :])) if temperatures else float("nan")
     print(
         f"run_md: {args.steps} steps of {len(atoms)} atoms in {elapsed:.1f} s "
-        f"({1000 * elapsed / max(args.steps, 1):.2f} ms/step); trajectory in {args.trajectory}"
+        f"({1000 * elapsed / max(args.steps, 1):.2f} ms/step); mean temperature over the second half "
+        f"{mean_t:.1f} K; trajectory in {args.trajectory}"
     )
     return 0
 

@@ -18,6 +18,7 @@ pairs and keeps the ones within the cutoff, which are exactly the pairs a fresh 
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import numpy as np
@@ -26,11 +27,13 @@ from ase.calculators.calculator import Calculator, all_changes
 from ase.stress import full_3x3_to_voigt_6_stress
 from torch_geometric.data import Data
 
-from mlip.data.graph import atoms_to_graph
+from mlip.data.graph import atoms_to_graph, check_min_distance, graph_cell, make_graph
 from mlip.data.neighbours import build_neighbour_list
 from mlip.data.reading import check_structure, normalise_pbc
+from mlip.device import select_device
 from mlip.errors import MLIPError
 from mlip.model.potential import MLIPModel, load_model
+from mlip.outputs import ENERGY, FORCES, NODE_ENERGY, STRESS
 
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
@@ -40,7 +43,9 @@ class MLIPCalculator(Calculator):
 
     Args:
         model: path to a ``model.pt`` written by ``mlip train`` (loaded with
-            ``weights_only=True``), or an ``MLIPModel`` instance.
+            ``weights_only=True``), or an ``MLIPModel`` instance. An instance is copied (the
+            caller's module is left as it was: dtype, device, training mode, trainable weights),
+            so later changes to it, e.g. further training, need a new calculator.
         device: ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``"auto"``.
         dtype: ``"float64"`` (default, for MD) or ``"float32"`` (faster).
         min_distance: raise if two atoms come closer than this (Å; default 0.1, far below any
@@ -76,12 +81,11 @@ class MLIPCalculator(Calculator):
             raise MLIPError(f"skin must be >= 0 Å, got {skin!r}")
         if dtype not in _DTYPES:
             raise MLIPError(f"dtype must be float32 or float64, got {dtype!r}")
-        if device == "auto":
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.device = torch.device(device)
+        self.device = select_device(device)
         self.dtype = _DTYPES[dtype]
         if isinstance(model, MLIPModel):
-            self.model = model.to(device=self.device, dtype=self.dtype).eval()
+            # A copy: the caller's module keeps its dtype, device, mode and trainable weights.
+            self.model = copy.deepcopy(model).to(device=self.device, dtype=self.dtype).eval()
         else:
             self.model = load_model(str(model), self.device, self.dtype)
         for p in self.model.parameters():
@@ -126,13 +130,13 @@ class MLIPCalculator(Calculator):
         out = self.model(graph, compute_forces=self.has_energy, compute_stress=want_stress)
         results: dict[str, Any] = {}
         if self.has_energy:
-            energy = float(out["energy"].detach().cpu()[0])
+            energy = float(out[ENERGY].detach().cpu()[0])
             results["energy"] = energy
             results["free_energy"] = energy
-            results["energies"] = out["node_energy"].detach().cpu().numpy().astype(np.float64)
-            results["forces"] = out["forces"].detach().cpu().numpy().astype(np.float64)
+            results["energies"] = out[NODE_ENERGY].detach().cpu().numpy().astype(np.float64)
+            results["forces"] = out[FORCES].detach().cpu().numpy().astype(np.float64)
             if want_stress:
-                stress = out["stress"].detach().cpu().numpy()[0].astype(np.float64)
+                stress = out[STRESS].detach().cpu().numpy()[0].astype(np.float64)
                 results["stress"] = full_3x3_to_voigt_6_stress(stress)
         for name in self.tensor_names:
             value = out[name].detach().cpu().numpy().astype(np.float64)
@@ -144,7 +148,7 @@ class MLIPCalculator(Calculator):
     def _graph_with_skin(self, atoms) -> Data:
         """The graph of ``atoms`` from the cached candidate pairs (rebuilt when needed)."""
         pbc = np.asarray(atoms.pbc, dtype=bool)
-        cell = atoms.cell.array if pbc.any() else np.zeros((3, 3))
+        cell = graph_cell(atoms.cell.array, pbc)
         positions = np.asarray(atoms.positions, dtype=np.float64)
         cache = self._verlet
         if (
@@ -173,21 +177,8 @@ class MLIPCalculator(Calculator):
         dist = np.linalg.norm(vectors, axis=1)
         keep = dist < self.cutoff
         i, j, shifts, dist = i[keep], j[keep], cache["shifts"][keep], dist[keep]
-        if self.min_distance > 0 and len(dist) and dist.min() < self.min_distance:
-            k = int(np.argmin(dist))
-            raise MLIPError(
-                f"atoms: atoms {i[k]} and {j[k]} are {dist[k]:.3g} Å apart, closer than "
-                f"min_distance={self.min_distance} Å"
-            )
-        return Data(
-            pos=torch.tensor(positions, dtype=self.dtype),
-            numbers=torch.tensor(atoms.numbers, dtype=torch.long),
-            edge_index=torch.tensor(np.stack([i, j]), dtype=torch.long),
-            unit_shifts=torch.tensor(shifts, dtype=self.dtype),
-            cell=torch.tensor(cell, dtype=self.dtype).unsqueeze(0),
-            pbc=torch.tensor(pbc).unsqueeze(0),
-            num_nodes=len(atoms),
-        )
+        check_min_distance(i, j, dist, self.min_distance, "atoms")
+        return make_graph(positions, atoms.numbers, cell, pbc, i, j, shifts, dtype=self.dtype)
 
     def _per_atom(self, name: str) -> bool:
         return any(s.name == name and s.per_atom for s in self.model.target_specs)

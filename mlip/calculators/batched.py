@@ -30,10 +30,9 @@ def predict_batches(
 
     Every structure is validated first (known elements, finite positions, sane cell, no atoms closer
     than ``min_distance`` Å), with errors naming ``source`` and the structure index. Stress is
-    computed for batches whose structures are all periodic.
+    computed for batches with a structure periodic along x, y and z (others get zeros: no stress).
     """
     dtype = next(model.parameters()).dtype
-    names = {s.name for s in model.target_specs}
     known = set(model.species)
     bar = tqdm(total=len(structures), disable=not progress, desc="predict", unit="struct")
     for start in range(0, len(structures), batch_size):
@@ -54,13 +53,9 @@ def predict_batches(
                 )
             )
         batch = Batch.from_data_list(graphs).to(device)
-        periodic = all(bool(np.all(structures[i].pbc)) for i in idx)
+        periodic = any(bool(np.all(structures[i].pbc)) for i in idx)
         with torch.enable_grad():
-            pred = model(
-                batch,
-                compute_forces=model.has_energy,
-                compute_stress=periodic and model.has_energy and ("stress" in names or periodic),
-            )
+            pred = model(batch, compute_forces=model.has_energy, compute_stress=periodic and model.has_energy)
         yield batch, {k: v.detach() for k, v in pred.items()}, idx
         bar.update(len(idx))
     bar.close()

@@ -5,11 +5,43 @@ from __future__ import annotations
 import dataclasses
 
 from mlip.calculators.batched import predict_batches
-from mlip.data.reading import _raw_label, extract_label, is_isolated_atom, normalise_pbc, read_atoms
+from mlip.data.reading import _raw_label, is_isolated_atom, normalise_pbc, read_atoms, structure_labels
+from mlip.device import select_device
 from mlip.errors import MLIPError, where
 from mlip.model.potential import load_model
+from mlip.targets import TargetSpec
 from mlip.training.metrics import MetricsAccumulator, format_metrics_table
-from mlip.training.trainer import select_device
+
+
+def standard_key(spec: TargetSpec) -> str:
+    """ASE's name for a quantity (``energy``, ``forces``, ``stress``; tensors: the target name)."""
+    return spec.kind if spec.kind in ("energy", "forces", "stress") else spec.name
+
+
+def _has_label(frames, spec: TargetSpec) -> bool:
+    keys = [spec.key] + ([spec.virial_key] if spec.virial_key else [])
+    return any(_raw_label(a, k) is not None for a in frames for k in keys)
+
+
+def resolve_label_keys(
+    frames, specs: list[TargetSpec], explicit: set[str]
+) -> tuple[list[TargetSpec], list[str]]:
+    """The targets labelled in ``frames``, each with the key it is read from.
+
+    A target whose training key (e.g. ``REF_energy``) is absent falls back to ASE's standard
+    name (``energy``, ``forces``, ``stress``, as stored by a calculator), unless ``--key`` named it.
+    Returns (specs found, ``"target ← 'key'"`` lines for the report).
+    """
+    present, used = [], []
+    for spec in specs:
+        if not _has_label(frames[:1] if spec.kind != "stress" else frames, spec):
+            fallback = dataclasses.replace(spec, key=standard_key(spec), virial_key=None)
+            if spec.name in explicit or fallback.key == spec.key or not _has_label(frames, fallback):
+                continue
+            spec = fallback
+        present.append(spec)
+        used.append(f"{spec.name} ← '{spec.key}'")
+    return present, used
 
 
 def run_eval(
@@ -31,25 +63,24 @@ def run_eval(
     frames = [a for a in frames if not is_isolated_atom(a)]
     if not frames:
         raise MLIPError(f"{data_path}: no structures to evaluate")
-    # A target counts as labelled when its key is in the first structure.
-    present = [
-        s
-        for s in specs
-        if _raw_label(frames[0], s.key) is not None
-        or (s.virial_key and _raw_label(frames[0], s.virial_key) is not None)
-    ]
+    # A target counts as labelled when its key (or ASE's standard name) is in the first structure.
+    present, used = resolve_label_keys(frames, specs, set(keys))
     if not present:
+        tried = sorted({s.key for s in specs} | {standard_key(s) for s in specs if s.name not in keys})
         raise MLIPError(
-            f"{data_path}: none of the model's label keys "
-            f"({', '.join(s.key for s in specs)}) are in the file; use --key TARGET=KEY"
+            f"{data_path}: none of the model's label keys ({', '.join(s.key for s in specs)}) nor "
+            f"ASE's standard names are in the file (tried {', '.join(tried)}); use --key TARGET=KEY"
         )
-    labels = [
-        {s.name: extract_label(a, s, where(data_path, i)) for s in present} for i, a in enumerate(frames)
-    ]
-    acc = MetricsAccumulator(present)
+    labels = [structure_labels(a, present, where(data_path, i)) for i, a in enumerate(frames)]
+    means = model.hyperparameters.get("label_means") or None
+    acc = MetricsAccumulator(present, reference_means=means)
     for batch, pred, _ in predict_batches(model, frames, batch_size, dev, data_path, labels=labels):
         acc.update(pred, batch)
     metrics = acc.compute()
-    print(f"{data_path}: {len(frames)} structures")
+    print(f"{data_path}: {len(frames)} structures; labels: {', '.join(used)}")
     print(format_metrics_table(metrics, present))
+    if means:
+        print("mean predictor: predicts the training-set mean (stored in the model) for every structure/atom")
+    else:
+        print("mean predictor: this file's own mean (the model file stores no training means)")
     return metrics

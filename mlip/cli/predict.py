@@ -18,10 +18,12 @@ from ase.stress import full_3x3_to_voigt_6_stress
 
 from mlip.calculators.batched import predict_batches
 from mlip.data.reading import check_structure, normalise_pbc, read_atoms
+from mlip.device import select_device
 from mlip.errors import MLIPError, where
+from mlip.io import atomic_write_bytes_via
 from mlip.model.potential import load_model
-from mlip.training.checkpoint import atomic_write_bytes_via
-from mlip.training.trainer import select_device
+from mlip.outputs import ENERGY, FORCES, NODE_ENERGY, STRESS
+from mlip.outputs import PREDICTION_PREFIX as P
 
 
 def check_writable(path: str) -> None:
@@ -61,19 +63,19 @@ def run_predict(
         for k, i in enumerate(idx):
             atoms = frames[i]
             lo, hi = ptr[k], ptr[k + 1]
-            if "energy" in pred:
-                atoms.info["MLIP_energy"] = float(pred["energy"][k])
-                atoms.arrays["MLIP_energies"] = pred["node_energy"][lo:hi].cpu().numpy().astype(np.float64)
-            if "forces" in pred:
-                atoms.arrays["MLIP_forces"] = pred["forces"][lo:hi].cpu().numpy().astype(np.float64)
-            if "stress" in pred and np.all(atoms.pbc):
-                atoms.info["MLIP_stress"] = full_3x3_to_voigt_6_stress(pred["stress"][k].cpu().numpy())
+            if ENERGY in pred:
+                atoms.info[P + ENERGY] = float(pred[ENERGY][k])
+                atoms.arrays[P + "energies"] = pred[NODE_ENERGY][lo:hi].cpu().numpy().astype(np.float64)
+            if FORCES in pred:
+                atoms.arrays[P + FORCES] = pred[FORCES][lo:hi].cpu().numpy().astype(np.float64)
+            if STRESS in pred and np.all(atoms.pbc):
+                atoms.info[P + STRESS] = full_3x3_to_voigt_6_stress(pred[STRESS][k].cpu().numpy())
             for name in model.tensor_target_names:
                 if name in per_atom:
                     value = pred[name][lo:hi].cpu().numpy().astype(np.float64)
-                    atoms.arrays[f"MLIP_{name}"] = value.reshape(hi - lo, -1)
+                    atoms.arrays[P + name] = value.reshape(hi - lo, -1)
                 else:
-                    atoms.info[f"MLIP_{name}"] = pred[name][k].cpu().numpy().astype(np.float64).reshape(-1)
+                    atoms.info[P + name] = pred[name][k].cpu().numpy().astype(np.float64).reshape(-1)
     buffer = io.StringIO()
     ase.io.write(buffer, frames, format="extxyz")
     atomic_write_bytes_via(output, lambda handle: handle.write(buffer.getvalue().encode()))

@@ -14,7 +14,7 @@ from torch_geometric.loader import DataLoader
 
 from mlip.data.graph import atoms_to_graph
 from mlip.data.reading import LabelledStructure, is_isolated_atom, read_labelled
-from mlip.data.statistics import energy_scale_shift, fit_e0s
+from mlip.data.statistics import BlockMoments, LabelMeans, energy_scale_shift, fit_e0s
 from mlip.errors import MLIPError
 from mlip.targets import TargetSpec
 
@@ -31,6 +31,10 @@ class DatasetStatistics:
         avg_num_neighbours: mean neighbours per atom within the cutoff.
         tensor_scales: tensor target name → RMS of its per-atom-normalised label (after shift).
         tensor_shifts: tensor target name → per-atom mean of its λ=0 (σ=+1) component, if any.
+        loss_scales: target name → per loss block (:func:`mlip.targets.block_keys`) the scale its
+            squared error is divided by with ``training.loss_normalisation: scale``: ``scale``
+            for energy, forces and stress alike; for tensors the RMS deviation of each (λ, σ)
+            block from its training mean (in label units, per structure or per atom).
     """
 
     species: list[int]
@@ -40,23 +44,24 @@ class DatasetStatistics:
     avg_num_neighbours: float = 10.0
     tensor_scales: dict[str, float] = field(default_factory=dict)
     tensor_shifts: dict[str, float] = field(default_factory=dict)
+    loss_scales: dict[str, list[float]] = field(default_factory=dict)
+    label_means: dict[str, list[float]] = field(default_factory=dict)
 
 
-def parse_e0s(setting: object, source: str) -> dict[int, float] | str:
-    """Config ``e0s`` → ``"auto" | "fit" | "zero"`` or ``{atomic number: eV}``."""
+def parse_e0s(
+    setting: object, source: str, energy_key: str = "energy", unit_factor: float = 1.0
+) -> dict[int, float] | str:
+    """Config ``e0s`` → ``"auto" | "fit" | "zero"`` or ``{atomic number: eV}``.
+
+    A file of isolated atoms: each single-atom structure's energy is read under the energy
+    target's key (``energy_key``, e.g. ``REF_energy``), else under ASE's standard ``energy``,
+    times the energy target's ``unit_factor`` (as its labels are).
+    """
     if isinstance(setting, str):
         if setting in ("auto", "fit", "zero"):
             return setting
         if os.path.isfile(setting):  # a file of isolated atoms with energies
-            from mlip.data.reading import read_labelled
-            from mlip.targets import TargetSpec
-
-            spec = TargetSpec(name="energy", kind="energy", key="energy")
-            atoms = read_labelled(setting, [spec])
-            single = [s for s in atoms if len(s.atoms) == 1]
-            if not single:
-                raise MLIPError(f"{setting}: no single-atom structures to take E0s from")
-            return {int(s.atoms.numbers[0]): float(s.labels["energy"]) for s in single}
+            return _e0s_from_file(setting, energy_key, unit_factor)
         raise MLIPError(f"{source}: 'data.e0s' must be auto, fit, zero, a file of isolated atoms, "
                         f"or a mapping element → eV (got {setting!r})")
     if isinstance(setting, dict):
@@ -71,6 +76,33 @@ def parse_e0s(setting: object, source: str) -> dict[int, float] | str:
             out[z] = float(value)
         return out
     raise MLIPError(f"{source}: 'data.e0s' must be auto, fit, zero or a mapping element → eV")
+
+
+def energy_label(cfg) -> tuple[str, float]:
+    """(label key, unit factor) of a config's energy target (``("energy", 1.0)`` without one)."""
+    spec = next((s for s in cfg.target_specs() if s.kind == "energy"), None)
+    return (spec.key, spec.unit_factor) if spec is not None else ("energy", 1.0)
+
+
+def _e0s_from_file(path: str, energy_key: str, unit_factor: float = 1.0) -> dict[int, float]:
+    from mlip.data.reading import _raw_label, read_atoms
+
+    keys = list(dict.fromkeys([energy_key, "energy"]))
+    out = {}
+    for index, atoms in enumerate(read_atoms(path)):
+        if len(atoms) != 1:
+            continue
+        values = [_raw_label(atoms, key) for key in keys]
+        value = next((v for v in values if v is not None), None)
+        if value is None:
+            raise MLIPError(f"{path}, structure {index}: no energy under {' or '.join(map(repr, keys))}")
+        try:
+            out[int(atoms.numbers[0])] = float(np.asarray(value, dtype=np.float64).reshape(())) * unit_factor
+        except (TypeError, ValueError):
+            raise MLIPError(f"{path}, structure {index}: energy is not one number") from None
+    if not out:
+        raise MLIPError(f"{path}: no single-atom structures to take E0s from")
+    return out
 
 
 def split_isolated(structures: Sequence[LabelledStructure]) -> tuple[list, dict[int, float]]:
@@ -113,8 +145,24 @@ def compute_statistics(
     stats = DatasetStatistics(species=species, e0s=e0s, avg_num_neighbours=avg_num_neighbours)
     if has_energy:
         stats.scale, stats.shift = energy_scale_shift(structures, e0s, "forces" in names)
+    means = LabelMeans()
     for spec in specs:
+        labelled = [s for s in structures if spec.name in s.labels]
+        if labelled:
+            n_atoms = np.array([len(s.atoms) for s in labelled])
+            if spec.per_atom:
+                means.add(spec, np.concatenate([np.asarray(s.labels[spec.name]) for s in labelled]))
+            else:
+                means.add(spec, np.stack([np.asarray(s.labels[spec.name]) for s in labelled]), n_atoms)
+    stats.label_means = means.means()
+    for spec in specs:
+        if spec.kind in ("energy", "forces", "stress"):
+            stats.loss_scales[spec.name] = [stats.scale]
         if spec.is_tensor:
+            moments = BlockMoments(spec)
+            for s in structures:
+                moments.add(np.asarray(s.labels[spec.name], dtype=np.float64))
+            stats.loss_scales[spec.name] = moments.scales()
             per_atom_labels = []
             for s in structures:
                 label = np.asarray(s.labels[spec.name], dtype=np.float64)
@@ -182,17 +230,46 @@ def average_neighbours(graphs: Sequence[Data]) -> float:
     return edges / max(atoms, 1)
 
 
+def split_indices(
+    n: int, fraction: float, seed: int, mode: str | Sequence[int] = "random", source: str = "config"
+) -> tuple[np.ndarray, np.ndarray]:
+    """Sorted index arrays (train, valid) of ``n`` training structures.
+
+    Args:
+        fraction: share of the structures for validation (at least one when > 0).
+        seed: seeds the ``random`` split.
+        mode: ``random`` (seeded permutation), ``last`` / ``first`` (a contiguous block at the end
+            or the start: for MD trajectories, where random splits put near-duplicates of training
+            frames in validation), or an explicit list of validation indices (``fraction`` unused).
+    """
+    all_idx = np.arange(n, dtype=np.int64)
+    if not isinstance(mode, str):
+        valid = np.asarray(sorted(set(int(i) for i in mode)), dtype=np.int64)
+        if len(valid) and (valid.min() < 0 or valid.max() >= n):
+            raise MLIPError(
+                f"{source}: 'data.valid_split' index {int(valid.max() if valid.max() >= n else valid.min())} "
+                f"is outside the {n} training structures (0 to {n - 1})"
+            )
+        if len(valid) == n:
+            raise MLIPError(f"{source}: 'data.valid_split' leaves no training structures")
+        return np.setdiff1d(all_idx, valid), valid
+    if fraction <= 0 or n < 2:
+        return all_idx, np.zeros(0, dtype=np.int64)
+    n_valid = max(1, int(round(fraction * n)))
+    if mode == "last":
+        return all_idx[: n - n_valid], all_idx[n - n_valid :]
+    if mode == "first":
+        return all_idx[n_valid:], all_idx[:n_valid]
+    order = np.random.default_rng(seed).permutation(n)
+    return np.sort(order[n_valid:]).astype(np.int64), np.sort(order[:n_valid]).astype(np.int64)
+
+
 def split_train_valid(
-    items: list, fraction: float, seed: int
+    items: list, fraction: float, seed: int, mode: str | Sequence[int] = "random"
 ) -> tuple[list, list]:
-    """Seeded random split; returns (train, valid)."""
-    if fraction <= 0 or len(items) < 2:
-        return items, []
-    order = np.random.default_rng(seed).permutation(len(items))
-    n_valid = max(1, int(round(fraction * len(items))))
-    valid = [items[i] for i in sorted(order[:n_valid])]
-    train = [items[i] for i in sorted(order[n_valid:])]
-    return train, valid
+    """Split ``items`` as :func:`split_indices` does; returns (train, valid)."""
+    train_idx, valid_idx = split_indices(len(items), fraction, seed, mode)
+    return [items[i] for i in train_idx], [items[i] for i in valid_idx]
 
 
 def make_loader(graphs: Sequence[Data], batch_size: int, shuffle: bool, seed: int = 0,

@@ -135,7 +135,7 @@ def extract_label(atoms: ase.Atoms, spec: TargetSpec, loc_prefix: str) -> np.nda
             if volume < 1e-9:
                 raise MLIPError(f"{loc}: virial given but the cell has zero volume")
             arr = -arr / volume
-    elif spec.per_atom or spec.kind == "forces":
+    elif spec.per_atom:
         expected = (n_atoms, *spec.label_shape)
         if arr.size == int(np.prod(expected)):
             arr = arr.reshape(expected)
@@ -201,6 +201,33 @@ def normalise_pbc(atoms: ase.Atoms) -> ase.Atoms:
     return atoms
 
 
+def has_stress(atoms: ase.Atoms) -> bool:
+    """Stress is defined (σ = (1/V) ∂E/∂ε) only for cells periodic along all three axes."""
+    return bool(np.all(atoms.pbc))
+
+
+def structure_labels(
+    atoms: ase.Atoms, targets: Sequence[TargetSpec], loc: str, allow_isolated_without_labels: bool = True
+) -> dict[str, np.ndarray]:
+    """Every target's label of one structure (model units).
+
+    Isolated atoms need only an energy label. A stress label is optional: structures without one,
+    or not periodic along all three axes (molecules, slabs), get no stress label and are left out
+    of the stress loss and metrics.
+    """
+    labels = {}
+    isolated = is_isolated_atom(atoms)
+    for spec in targets:
+        if isolated and allow_isolated_without_labels and spec.kind != "energy":
+            continue
+        if spec.kind == "stress":
+            keys = [spec.key] + ([spec.virial_key] if spec.virial_key else [])
+            if not has_stress(atoms) or all(_raw_label(atoms, k) is None for k in keys):
+                continue
+        labels[spec.name] = extract_label(atoms, spec, loc)
+    return labels
+
+
 def read_labelled(
     path: str | os.PathLike,
     targets: Sequence[TargetSpec],
@@ -212,17 +239,37 @@ def read_labelled(
     Isolated atoms (see :func:`is_isolated_atom`) need only an energy label; they are kept so that
     the caller can use them as atomic reference energies (E0s).
     """
-    frames = read_atoms(path, fmt=fmt)
-    out = []
-    for index, atoms in enumerate(frames):
+    return list(iter_labelled(path, targets, fmt, allow_isolated_without_labels))
+
+
+def iter_labelled(
+    path: str | os.PathLike,
+    targets: Sequence[TargetSpec],
+    fmt: str | None = None,
+    allow_isolated_without_labels: bool = True,
+) -> Iterator[LabelledStructure]:
+    """:func:`read_labelled` one structure at a time (``ase.io.iread``: constant memory)."""
+    for index, atoms in enumerate(iter_atoms(path, fmt)):
         atoms = normalise_pbc(atoms)
         loc = where(path, index)
         check_structure(atoms, loc)
-        labels = {}
-        isolated = is_isolated_atom(atoms)
-        for spec in targets:
-            if isolated and allow_isolated_without_labels and spec.kind != "energy":
-                continue
-            labels[spec.name] = extract_label(atoms, spec, loc)
-        out.append(LabelledStructure(atoms=atoms, labels=labels, source=loc, index=index))
-    return out
+        labels = structure_labels(atoms, targets, loc, allow_isolated_without_labels)
+        yield LabelledStructure(atoms=atoms, labels=labels, source=loc, index=index)
+
+
+def check_stress_labels(path: object, targets: Sequence[TargetSpec], structures: Sequence) -> None:
+    """Raise if a stress target has no label in any structure (a misspelt key, say).
+
+    Args:
+        structures: the :class:`LabelledStructure` list, or their label dicts.
+    """
+    for spec in targets:
+        if spec.kind != "stress":
+            continue
+        labelled = sum(spec.name in getattr(s, "labels", s) for s in structures)
+        if labelled == 0:
+            keys = f"'{spec.key}'" + (f" or '{spec.virial_key}'" if spec.virial_key else "")
+            raise MLIPError(
+                f"{path}: no structure has a stress label (key {keys}) on a cell periodic along "
+                f"x, y and z; fix the key or drop the stress target"
+            )

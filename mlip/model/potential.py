@@ -16,6 +16,7 @@ from torch import nn
 
 from mlip.model.backbone import ScalarBackbone
 from mlip.model.heads import EnergyHead
+from mlip.outputs import ENERGY, FORCES, NODE_ENERGY, STRESS, VIRIAL
 from mlip.targets import TargetSpec
 
 MODEL_FORMAT_VERSION = 1
@@ -24,6 +25,34 @@ MODEL_FORMAT_VERSION = 1
 def _scatter_sum(values: torch.Tensor, index: torch.Tensor, size: int) -> torch.Tensor:
     out = values.new_zeros((size, *values.shape[1:]))
     return out.index_add(0, index, values)
+
+
+def stress_from_strain_derivative(
+    dE_deps: torch.Tensor, cell: torch.Tensor, pbc: torch.Tensor | None
+) -> torch.Tensor:
+    """``σ = (1/V) ∂E/∂ε`` ``[G, 3, 3]`` (eV/Å³) where the cell is periodic along x, y and z.
+
+    Other structures (molecules, slabs, wires) have no volume and get zeros, never a division by
+    a clamped volume; the loss and metrics leave them out (``stress_mask``).
+    """
+    periodic = periodic_graphs(cell, pbc)
+    volume = torch.linalg.det(cell).abs()
+    safe_volume = torch.where(periodic, volume, torch.ones_like(volume))
+    stress = dE_deps / safe_volume.view(-1, 1, 1)
+    return torch.where(periodic.view(-1, 1, 1), stress, torch.zeros_like(stress))
+
+
+def periodic_graphs(cell: torch.Tensor, pbc: torch.Tensor | None) -> torch.Tensor:
+    """``[G]`` bool: periodic along all three axes with a non-degenerate cell."""
+    volume = torch.linalg.det(cell).abs()
+    ok = volume > 1e-6 * torch.linalg.norm(cell, dim=-1).prod(-1).clamp_min(1.0)
+    if pbc is not None:
+        ok = ok & pbc.view(-1, 3).all(dim=-1).to(ok.device)
+    return ok
+
+
+def _drop_legacy_e0_buffer(state_dict: dict, prefix: str, *args: Any) -> None:
+    state_dict.pop(prefix + "e0", None)
 
 
 class MLIPModel(nn.Module):
@@ -39,6 +68,11 @@ class MLIPModel(nn.Module):
         backbone: keyword arguments of :class:`~mlip.model.backbone.ScalarBackbone`.
         readout_hidden: width of the energy head MLP.
         tensor: keyword arguments of the tensor heads (see :mod:`mlip.model.tensor_heads`).
+        loss_scales: training-set loss normalisation per target and block (see
+            :mod:`mlip.training.loss`); kept with the model so that resuming and evaluation use
+            the values training used. Not used by ``forward``.
+        label_means: per-component training-label means of each metric quantity: the mean
+            predictor ``mlip eval`` reports. Not used by ``forward``.
     """
 
     def __init__(
@@ -52,6 +86,8 @@ class MLIPModel(nn.Module):
         backbone: dict[str, Any] | None = None,
         readout_hidden: int = 64,
         tensor: dict[str, Any] | None = None,
+        loss_scales: dict[str, list[float]] | None = None,
+        label_means: dict[str, list[float]] | None = None,
     ) -> None:
         super().__init__()
         species = sorted(int(z) for z in species)
@@ -68,23 +104,18 @@ class MLIPModel(nn.Module):
             "backbone": backbone,
             "readout_hidden": readout_hidden,
             "tensor": tensor,
+            "loss_scales": {str(k): [float(x) for x in v] for k, v in (loss_scales or {}).items()},
+            "label_means": {str(k): [float(x) for x in v] for k, v in (label_means or {}).items()},
         }
         self.species = species
         self.cutoff = float(cutoff)
-        self.target_specs = [
-            TargetSpec(
-                **{k: v for k, v in t.items() if k != "irreps"},
-                irreps=tuple(tuple(x) for x in t.get("irreps", ())),
-            )
-            for t in targets
-        ]
+        self.target_specs = [TargetSpec.from_dict(t) for t in targets]
         z_to_index = torch.full((119,), -1, dtype=torch.long)
         z_to_index[torch.tensor(species)] = torch.arange(len(species))
         self.register_buffer("z_to_index", z_to_index, persistent=False)
-        e0 = torch.zeros(len(species))
-        for k, z in enumerate(species):
-            e0[k] = float(self.hyperparameters["e0s"].get(z, 0.0))
-        self.register_buffer("e0", e0)
+        # E0s have one source of truth, ``hyperparameters["e0s"]`` (exact float64 values; see
+        # :attr:`e0`). Files written before this had an ``e0`` buffer: it is dropped on loading.
+        self._register_load_state_dict_pre_hook(_drop_legacy_e0_buffer)
         self.register_buffer("scale", torch.tensor(float(scale)))
         self.register_buffer("shift", torch.tensor(float(shift)))
         self.backbone = ScalarBackbone(num_species=len(species), cutoff=cutoff, **backbone)
@@ -101,6 +132,11 @@ class MLIPModel(nn.Module):
             )
 
     # ------------------------------------------------------------------ helpers
+    @property
+    def e0(self) -> torch.Tensor:
+        """``[S]`` float64 atomic reference energies (eV) in species order, from the hyperparameters."""
+        return self._e0_float64(self.scale.device)
+
     def _e0_float64(self, device: torch.device) -> torch.Tensor:
         cached = getattr(self, "_e0_cache", None)
         if cached is None or cached.device != device:
@@ -132,7 +168,8 @@ class MLIPModel(nn.Module):
                 ``edge_index`` [2,E], ``unit_shifts`` [E,3], ``cell`` [G,3,3] and ``batch`` [N]
                 (absent for a single structure).
             compute_forces: also return ``forces`` [N,3] (eV/Å).
-            compute_stress: also return ``stress`` and ``virial`` [G,3,3] (periodic cells).
+            compute_stress: also return ``virial`` [G,3,3] (eV) and ``stress`` [G,3,3] (eV/Å³;
+                zeros for structures not periodic along x, y and z, which have no stress).
             training: keep the graph of the derivatives (for losses on forces/stress).
 
         Returns:
@@ -169,14 +206,14 @@ class MLIPModel(nn.Module):
         if self.has_energy:
             eps = self.energy_head(features)
             interaction = self.scale * eps + self.shift
-            # E0s come from the exact float64 values in the hyperparameters (the ``e0`` buffer may
-            # have been rounded by a float32 run), and totals accumulate in float64: a float32 model
+            # E0s come from the exact float64 values in the hyperparameters (a float32 buffer would
+            # round them), and totals accumulate in float64: a float32 model
             # still gives the total of 10⁵ atoms (≈ −10⁸ eV of reference energies) to below a meV.
             e0_64 = self._e0_float64(pos.device)[species]
             node_energy = interaction + e0_64.to(interaction.dtype)
             energy = _scatter_sum(interaction.double() + e0_64, batch, num_graphs)
-            out["energy"] = energy
-            out["node_energy"] = node_energy
+            out[ENERGY] = energy
+            out[NODE_ENERGY] = node_energy
             if need_grad:
                 inputs = [pos] + ([strain] if strain is not None else [])
                 grads = torch.autograd.grad(
@@ -186,12 +223,11 @@ class MLIPModel(nn.Module):
                     retain_graph=training or self.tensor_heads is not None,
                 )
                 if compute_forces:
-                    out["forces"] = -grads[0]
+                    out[FORCES] = -grads[0]
                 if strain is not None:
-                    volume = torch.linalg.det(data.cell.view(-1, 3, 3)).abs()
                     dE_deps = grads[1]
-                    out["virial"] = -dE_deps
-                    out["stress"] = dE_deps / volume.clamp_min(1e-12).view(-1, 1, 1)
+                    out[VIRIAL] = -dE_deps
+                    out[STRESS] = stress_from_strain_derivative(dE_deps, data.cell.view(-1, 3, 3), data.pbc)
         if self.tensor_heads is not None:
             out.update(self.tensor_heads(features, density, batch, num_graphs))
         return out
@@ -212,7 +248,7 @@ def model_payload(model: MLIPModel) -> dict:
 
 def save_model(model: MLIPModel, path: str) -> None:
     """Write a self-contained model file (hyperparameters + weights), atomically."""
-    from mlip.training.checkpoint import atomic_torch_save
+    from mlip.io import atomic_torch_save
 
     atomic_torch_save(model_payload(model), path)
 
@@ -229,12 +265,17 @@ def model_from_payload(payload: dict, source: str = "model") -> MLIPModel:
             f"{source}: model format version {version} is not supported by this mlip "
             f"(expects {MODEL_FORMAT_VERSION}); re-export it with a matching mlip version"
         )
-    model = MLIPModel(**payload["hyperparameters"])
-    # Build at the stored precision so float64 weights are not rounded through float32.
-    stored = [v.dtype for v in payload["state_dict"].values() if torch.is_tensor(v) and v.is_floating_point()]
-    if stored:
-        model = model.to(stored[0])
-    missing, unexpected = model.load_state_dict(payload["state_dict"], strict=False)
+    try:
+        model = MLIPModel(**payload["hyperparameters"])
+        state = payload["state_dict"]
+        # Build at the stored precision so float64 weights are not rounded through float32.
+        stored = [v.dtype for v in state.values() if torch.is_tensor(v) and v.is_floating_point()]
+        if stored:
+            model = model.to(stored[0])
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except Exception as err:  # damaged or foreign payloads raise many types: one line for all
+        first = str(err).strip().splitlines()[0][:160] if str(err).strip() else ""
+        raise MLIPError(f"{source}: not a valid mlip model ({type(err).__name__}: {first})") from None
     if missing or unexpected:
         raise MLIPError(
             f"{source}: weights do not match the architecture (missing {missing[:3]}, "
@@ -245,11 +286,11 @@ def model_from_payload(payload: dict, source: str = "model") -> MLIPModel:
 
 def load_model(path: str, device: str | torch.device = "cpu", dtype: torch.dtype | None = None) -> MLIPModel:
     """Load a model file safely (``torch.load(weights_only=True)``: no code runs from the file)."""
-    from mlip.training.checkpoint import safe_torch_load
+    from mlip.io import safe_torch_load
 
     payload = safe_torch_load(path)
     if isinstance(payload, dict) and payload.get("format") == "mlip-checkpoint":
-        payload = payload["model"]
+        payload = payload.get("model")
     model = model_from_payload(payload, source=str(path))
     if dtype is not None:
         model = model.to(dtype)

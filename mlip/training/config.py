@@ -28,6 +28,7 @@ class DataConfig:
     valid_file: str | None = None
     test_file: str | None = None
     valid_fraction: float = 0.1
+    valid_split: Any = "random"  # random | last | first (contiguous, for MD) | [validation indices]
     max_structures: int | None = None  # take the first N training structures (quick runs)
     format: str | None = None  # ase.io format; None = guess from the extension
     cutoff: float = 5.0  # Å
@@ -89,6 +90,7 @@ class TrainingConfig:
     num_workers: int = 0
     max_time_minutes: float | None = None  # stop after this wall-clock budget
     skip_nan_batches: int = 10  # consecutive NaN/Inf losses tolerated before stopping
+    loss_normalisation: str = "scale"  # scale (each target's MSE / its training scale²) | none
     # Stage two (as MACE's): from this fraction of the budget (max_time_minutes if set, else
     # max_epochs) on, train with stage_two_weights (target → weight; others keep theirs) and
     # stage_two_lr; the best-model tracking restarts, since the validation score's weights changed.
@@ -151,7 +153,7 @@ class Config:
                     name=name,
                     kind=kind,
                     key=tc.key or name,
-                    per_atom=tc.per_atom or name == "forces",
+                    per_atom=tc.per_atom,
                     irreps=irreps,
                     weight=float(tc.weight),
                     unit_factor=factor,
@@ -292,6 +294,7 @@ def _validate(cfg: Config, source: str) -> None:
         "dtype": (cfg.dtype, lambda v: v in ("float32", "float64")),
         "training.optimizer": (cfg.training.optimizer, lambda v: v in ("adam", "adamw")),
         "training.scheduler": (cfg.training.scheduler, lambda v: v in ("plateau", "cosine", "none")),
+        "training.loss_normalisation": (cfg.training.loss_normalisation, lambda v: v in ("scale", "none")),
         "logging.wandb_mode": (cfg.logging.wandb_mode, lambda v: v in ("online", "offline", "disabled")),
     }
     for key, (value, ok) in choices.items():
@@ -299,21 +302,35 @@ def _validate(cfg: Config, source: str) -> None:
             raise MLIPError(f"{source}: '{key}' has an invalid value {value!r}")
     if not cfg.data.train_file:
         raise MLIPError(f"{source}: 'data.train_file' is required")
-    if cfg.data.cutoff <= 0:
-        raise MLIPError(f"{source}: 'data.cutoff' must be positive")
     if not 0.0 <= cfg.data.valid_fraction < 1.0:
         raise MLIPError(f"{source}: 'data.valid_fraction' must be in [0, 1)")
-    for name in ("batch_size", "max_epochs"):
-        if getattr(cfg.training, name) < 1:
-            raise MLIPError(f"{source}: 'training.{name}' must be at least 1")
+    split = cfg.data.valid_split
+    if isinstance(split, str):
+        if split not in ("random", "last", "first"):
+            raise MLIPError(
+                f"{source}: 'data.valid_split' must be random, last, first or a list of structure "
+                f"indices (got {split!r})"
+            )
+    elif not (isinstance(split, list) and all(isinstance(i, int) and not isinstance(i, bool) for i in split)):
+        raise MLIPError(f"{source}: 'data.valid_split' must be random, last, first or a list of integers")
+    elif any(i < 0 for i in split):
+        raise MLIPError(f"{source}: 'data.valid_split' indices must be ≥ 0 (got {min(split)})")
+    _check_ranges(cfg, source)
     _validate_stage_two_and_snapshots(cfg, source)
     for name, tc in cfg.targets.items():
+        if tc.weight < 0:
+            raise MLIPError(f"{source}: 'targets.{name}.weight' must be ≥ 0 (got {tc.weight})")
         if name in ENERGY_KINDS:
             continue
-        if tc.type not in TENSOR_KINDS:
+        if tc.type is None:
             raise MLIPError(
                 f"{source}: target '{name}' needs 'type' (one of {', '.join(TENSOR_KINDS)}); "
                 f"energy targets must be named energy, forces or stress"
+            )
+        if tc.type not in TENSOR_KINDS:
+            raise MLIPError(
+                f"{source}: 'targets.{name}.type' is {tc.type!r}, which is not one of "
+                f"{', '.join(TENSOR_KINDS)} (energy targets must be named energy, forces or stress)"
             )
         if tc.type == "spherical":
             irreps = tc.irreps or []
@@ -327,13 +344,73 @@ def _validate(cfg: Config, source: str) -> None:
             )
             if not ok:
                 raise MLIPError(f"{source}: target '{name}' needs 'irreps' like [[2, 1]] (λ ≥ 0, σ = ±1)")
+    for name, tc in cfg.targets.items():
         if tc.unit is not None and tc.unit not in UNIT_FACTORS:
-            close = difflib.get_close_matches(tc.unit, list(UNIT_FACTORS), n=1)
-            hint = f" (did you mean '{close[0]}'?)" if close else ""
-            raise MLIPError(f"{source}: target '{name}' has unknown unit '{tc.unit}'{hint}")
+            raise MLIPError(f"{source}: target '{name}' has unknown unit '{tc.unit}'{_unit_hint(tc.unit)}")
     if "forces" in cfg.targets or "stress" in cfg.targets:
         if "energy" not in cfg.targets:
             raise MLIPError(f"{source}: forces/stress targets need an 'energy' target")
+    tensors = [name for name in cfg.targets if name not in ENERGY_KINDS]
+    if tensors and cfg.model.lmax < 1:
+        raise MLIPError(
+            f"{source}: 'model.lmax' must be ≥ 1 with tensor targets ({', '.join(tensors)}): their "
+            f"λ-bases are built from the l=1 part of the neighbour density (got {cfg.model.lmax})"
+        )
+
+
+def _unit_hint(unit: str) -> str:
+    """`` (did you mean 'debye'?; valid: eV, Hartree, ...)`` for an unknown unit name."""
+    names = [n for n in UNIT_FACTORS if n]
+    by_lower = {n.lower(): n for n in names}
+    close = difflib.get_close_matches(unit.lower(), list(by_lower), n=1, cutoff=0.5)
+    guess = f"did you mean '{by_lower[close[0]]}'?; " if close else ""
+    return f" ({guess}valid: {', '.join(names)}; or give 'unit_factor')"
+
+
+# key → (lowest allowed, whether the bound is inclusive, highest allowed or None): one-line errors
+# naming the key and the range instead of tracebacks from inside the model.
+_RANGES: dict[str, tuple[float, bool, float | None]] = {
+    "data.cutoff": (0.0, False, None),
+    "data.min_distance": (0.0, True, None),
+    "model.channels": (1, True, None),
+    "model.num_layers": (1, True, None),
+    "model.lmax": (0, True, 8),
+    "model.num_radial": (1, True, None),
+    "model.radial_hidden": (1, True, None),
+    "model.readout_hidden": (1, True, None),
+    "model.num_vectors": (3, True, None),  # pseudotensor bases need triple products of 3 vectors
+    "model.tensor_hidden": (1, True, None),
+    "model.correlation": (2, True, 3),
+    "model.bispectrum_channels": (1, True, None),
+    "model.bond_channels": (0, True, None),
+    "training.batch_size": (1, True, None),
+    "training.valid_batch_size": (1, True, None),
+    "training.max_epochs": (1, True, None),
+    "training.lr": (0.0, False, None),
+    "training.weight_decay": (0.0, True, None),
+    "training.lr_factor": (0.0, False, 1.0),
+    "training.scheduler_patience": (0, True, None),
+    "training.min_lr": (0.0, True, None),
+    "training.ema_decay": (0.0, True, 1.0),
+    "training.clip_grad_norm": (0.0, False, None),
+    "training.early_stopping_patience": (1, True, None),
+    "training.num_workers": (0, True, None),
+    "training.max_time_minutes": (0.0, False, None),
+    "training.skip_nan_batches": (1, True, None),
+}
+
+
+def _check_ranges(cfg: Config, source: str) -> None:
+    for key, (low, inclusive, high) in _RANGES.items():
+        section, name = key.split(".")
+        value = getattr(getattr(cfg, section), name)
+        if value is None:
+            continue
+        ok = (value >= low if inclusive else value > low) and (high is None or value <= high)
+        if not ok:
+            lower = f"≥ {low}" if inclusive else f"> {low}"
+            allowed = f"{lower} and ≤ {high}" if high is not None else lower
+            raise MLIPError(f"{source}: '{key}' must be {allowed} (got {value!r})")
 
 
 def _validate_stage_two_and_snapshots(cfg: Config, source: str) -> None:
@@ -383,7 +460,9 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
 def load_config(path: str | None, overrides: list[str] | None = None, raw: dict | None = None) -> Config:
     """Read a YAML config (or a raw dict), apply overrides, validate.
 
-    Relative data paths are taken relative to the current directory (as the user typed them).
+    Relative data paths in a config file resolve against the file's folder if the file exists
+    there, else against the current directory (:func:`resolve_data_paths`); paths given as
+    ``-o data.KEY=...`` overrides, and those of a raw dict, stay relative to the current directory.
     """
     source = os.fspath(path) if path else "config"
     if raw is None:
@@ -402,7 +481,41 @@ def load_config(path: str | None, overrides: list[str] | None = None, raw: dict 
     raw = apply_overrides(raw, overrides or [])
     cfg = _build(Config, raw, "", source)
     _validate(cfg, source)
+    if path:
+        overridden = {parse_override(text)[0][-1] for text in overrides or [] if text.startswith("data.")}
+        resolve_data_paths(cfg, os.path.dirname(os.fspath(path)), source, overridden)
     return cfg
+
+
+# data.* entries that name files or folders: (key, must exist)
+_DATA_PATHS = (("train_file", True), ("valid_file", True), ("test_file", True), ("preprocessed_dir", False))
+
+
+def resolve_data_paths(cfg: Config, config_dir: str, source: str, skip: set[str] = frozenset()) -> None:
+    """Relative data paths in a config file: the config file's folder if the file is there, else
+    the current directory (as before, so repo-root-relative paths run from the repo root keep
+    working). ``skip``: keys given on the command line (relative to the current directory).
+
+    Raises:
+        MLIPError: a data file found in neither folder (the message names both).
+    """
+    d = cfg.data
+    items = list(_DATA_PATHS)
+    if isinstance(d.e0s, str) and d.e0s not in ("auto", "fit", "zero"):
+        items.append(("e0s", True))
+    for key, must_exist in items:
+        value = getattr(d, key)
+        if not value or key in skip or os.path.isabs(value):
+            continue
+        beside = os.path.normpath(os.path.join(config_dir, value))
+        if os.path.exists(beside):
+            setattr(d, key, beside)
+        elif must_exist and not os.path.exists(value):
+            here = os.path.abspath(config_dir or ".")
+            raise MLIPError(
+                f"{source}: 'data.{key}' file '{value}' not found (looked in the config file's folder "
+                f"{here} and in the current directory {os.getcwd()})"
+            )
 
 
 def config_from_dict(raw: dict) -> Config:

@@ -3,12 +3,20 @@
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from types import MappingProxyType
 
 import torch
 
-from mlip.targets import TargetSpec
-from mlip.training.loss import num_atoms_per_graph
+from mlip.targets import TargetSpec, block_keys
+from mlip.training.loss import (
+    LossScales,
+    labelled_pair,
+    normalised_mse,
+    num_atoms_per_graph,
+    residual_rows,
+    squared_error_sums,
+)
 
 UNITS = {"energy": "eV/atom", "forces": "eV/Å", "stress": "eV/Å³"}
 
@@ -21,8 +29,21 @@ class MetricsAccumulator:
     (trace/3) and ``<name>_aniso`` (symmetric traceless part, per component).
     """
 
-    def __init__(self, specs: Sequence[TargetSpec]) -> None:
+    def __init__(
+        self,
+        specs: Sequence[TargetSpec],
+        loss_scales: LossScales | None = None,
+        reference_means: Mapping[str, Sequence[float]] | None = None,
+    ) -> None:
         self.specs = list(specs)
+        # ``_mean_rmse`` of a quantity: the RMSE of predicting these per-component means (the
+        # training set's, stored in the model) instead of the evaluated labels' own mean.
+        self.reference_means = None if reference_means is None else MappingProxyType(dict(reference_means))
+        # read-only view, not a dict: distributed.reduce_metrics all-reduces every dict attribute
+        self.loss_scales = None if loss_scales is None else MappingProxyType(dict(loss_scales))
+        self.reference_sq = defaultdict(float)  # Σ (label − reference mean)² per quantity
+        self.block_sq = defaultdict(float)  # "<name>/<block>" → Σ residual² (as in the loss)
+        self.block_count = defaultdict(int)
         self.abs = defaultdict(float)
         self.sq = defaultdict(float)
         self.count = defaultdict(int)
@@ -40,12 +61,23 @@ class MetricsAccumulator:
         self.label_sum[name] += float(label.sum())
         sums = label.sum(dim=0).cpu()
         self.component_sum[name] = self.component_sum[name] + sums if name in self.component_sum else sums
+        reference = (self.reference_means or {}).get(name)
+        if reference is not None and len(reference) == width:  # Σ |y − m|², summed directly (no cancellation)
+            m = torch.tensor(reference, dtype=label.dtype, device=label.device)
+            self.reference_sq[name] += float((label - m).pow(2).sum())
 
     def update(self, pred: dict, batch) -> None:
         for spec in self.specs:
             if spec.name not in pred:
                 continue
-            p, y = pred[spec.name], batch[spec.name]
+            p, y = labelled_pair(spec, pred, batch)
+            if p.shape[0] == 0:
+                continue
+            rows = residual_rows(spec, pred, batch).detach().double()
+            by_block = self.loss_scales is not None and spec.is_tensor
+            for key, (sq, n) in zip(block_keys(spec), squared_error_sums(spec, rows, by_block)):
+                self.block_sq[f"{spec.name}/{key}"] += float(sq)
+                self.block_count[f"{spec.name}/{key}"] += n
             if spec.kind == "energy":
                 n = num_atoms_per_graph(batch)
                 p, y = p / n, y / n
@@ -64,7 +96,9 @@ class MetricsAccumulator:
         """Per quantity: ``_mae``, ``_rmse``, ``_label_std`` (spread of all label components) and
         ``_mean_rmse``: the RMSE of the *mean predictor*, which predicts every structure's (atom's)
         label as the per-component mean of the evaluated labels (for a polarizability: the mean
-        tensor). Errors well below ``_mean_rmse`` mean the model learned more than the average."""
+        tensor). Errors well below ``_mean_rmse`` mean the model learned more than the average.
+        Per target also ``<name>_loss``: its loss term over the whole set (normalised as in
+        training, unweighted), which the trainer's validation score sums with the weights."""
         out = {}
         for name, n in self.count.items():
             if n == 0:
@@ -73,11 +107,19 @@ class MetricsAccumulator:
             out[f"{name}_rmse"] = (self.sq[name] / n) ** 0.5
             mean = self.label_sum[name] / n
             out[f"{name}_label_std"] = max(self.label_sq[name] / n - mean**2, 0.0) ** 0.5
-            if name in self.component_sum:
+            if name in self.reference_sq:
+                out[f"{name}_mean_rmse"] = (self.reference_sq[name] / n) ** 0.5
+            elif name in self.component_sum:
                 sums = self.component_sum[name]
                 rows = n / sums.numel()
                 mean_sq = float((sums / rows).pow(2).sum()) / sums.numel()
                 out[f"{name}_mean_rmse"] = max(self.label_sq[name] / n - mean_sq, 0.0) ** 0.5
+        for spec in self.specs:
+            by_block = self.loss_scales is not None and spec.is_tensor
+            keys = block_keys(spec) if by_block else block_keys(spec)[:1]
+            sums = [(self.block_sq[f"{spec.name}/{k}"], self.block_count[f"{spec.name}/{k}"]) for k in keys]
+            if sum(n for _, n in sums):
+                out[f"{spec.name}_loss"] = float(normalised_mse(spec, sums, self.loss_scales))
         return out
 
 

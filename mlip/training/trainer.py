@@ -43,45 +43,26 @@ from mlip.data.dataset import (
     DatasetStatistics,
     average_neighbours,
     compute_statistics,
+    energy_label,
     make_loader,
     parse_e0s,
     read_for_training,
     split_train_valid,
     to_graphs,
 )
-from mlip.errors import MLIPError
+from mlip.data.reading import check_stress_labels
+from mlip.data.statistics import check_polarization_jumps
+from mlip.device import select_device
+from mlip.errors import MLIPError, warn_once
+from mlip.io import atomic_torch_save, atomic_write_bytes_via, safe_torch_load
 from mlip.model.potential import MLIPModel, model_from_payload, model_payload, save_model
 from mlip.targets import TargetSpec
 from mlip.training import distributed
-from mlip.training.checkpoint import atomic_torch_save, atomic_write_bytes_via, safe_torch_load
 from mlip.training.config import Config
 from mlip.training.loss import weighted_loss
 from mlip.training.metrics import MetricsAccumulator, format_metrics_table
 
 CHECKPOINT_FORMAT_VERSION = 1
-
-
-def select_device(setting: str) -> torch.device:
-    """``auto`` → CUDA when available, else CPU."""
-    if setting == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if setting.startswith("cuda") and not torch.cuda.is_available():
-        raise MLIPError(f"device '{setting}' requested but CUDA is not available")
-    return torch.device(setting)
-
-
-def spec_to_dict(spec: TargetSpec) -> dict:
-    return {
-        "name": spec.name,
-        "kind": spec.kind,
-        "key": spec.key,
-        "per_atom": spec.per_atom,
-        "irreps": [list(x) for x in spec.irreps],
-        "weight": spec.weight,
-        "unit_factor": spec.unit_factor,
-        "virial_key": spec.virial_key,
-        "symmetric": spec.symmetric,
-    }
 
 
 def build_model(cfg: Config, stats: DatasetStatistics, specs: list[TargetSpec]) -> MLIPModel:
@@ -93,7 +74,7 @@ def build_model(cfg: Config, stats: DatasetStatistics, specs: list[TargetSpec]) 
         e0s=stats.e0s,
         scale=stats.scale,
         shift=stats.shift,
-        targets=[spec_to_dict(s) for s in specs],
+        targets=[s.to_dict() for s in specs],
         backbone=dict(
             channels=m.channels,
             num_layers=m.num_layers,
@@ -112,6 +93,8 @@ def build_model(cfg: Config, stats: DatasetStatistics, specs: list[TargetSpec]) 
             scales=stats.tensor_scales,
             shifts=stats.tensor_shifts,
         ),
+        loss_scales=stats.loss_scales,
+        label_means=stats.label_means,
     )
 
 
@@ -158,10 +141,13 @@ def prepare_data(cfg: Config, dtype: torch.dtype, verify: str = "checksum") -> P
     specs = cfg.target_specs()
     d = cfg.data
     train_structs, isolated = read_for_training(d.train_file, specs, d.format, d.max_structures)
+    check_stress_labels(d.train_file, specs, train_structs)
+    check_polarization_jumps(train_structs, specs, d.train_file)
     if d.valid_file:
         valid_structs, _ = read_for_training(d.valid_file, specs, d.format)
     else:
-        train_structs, valid_structs = split_train_valid(train_structs, d.valid_fraction, cfg.seed)
+        split = (d.valid_fraction, cfg.seed, d.valid_split)
+        train_structs, valid_structs = split_train_valid(train_structs, *split)
     test_structs = read_for_training(d.test_file, specs, d.format)[0] if d.test_file else []
     train = to_graphs(train_structs, d.cutoff, specs, d.min_distance, dtype)
     valid = to_graphs(valid_structs, d.cutoff, specs, d.min_distance, dtype)
@@ -170,7 +156,7 @@ def prepare_data(cfg: Config, dtype: torch.dtype, verify: str = "checksum") -> P
     stats = compute_statistics(
         train_structs,
         specs,
-        parse_e0s(d.e0s, "config"),
+        parse_e0s(d.e0s, "config", *energy_label(cfg)),
         isolated,
         average_neighbours(train),
         extra_species=sorted(all_species),
@@ -184,10 +170,10 @@ def evaluate(model: torch.nn.Module, loader, specs: list[TargetSpec], device: to
 
 
 def evaluate_accumulator(
-    model: torch.nn.Module, loader, specs: list[TargetSpec], device: torch.device
+    model: torch.nn.Module, loader, specs: list[TargetSpec], device: torch.device, loss_scales=None
 ) -> MetricsAccumulator:
     """Error sums of ``model`` over ``loader`` (reduce them across ranks, then ``compute()``)."""
-    acc = MetricsAccumulator(specs)
+    acc = MetricsAccumulator(specs, loss_scales)
     names = {s.name for s in specs}
     module = model.module if isinstance(model, AveragedModel) else model
     module.eval()
@@ -235,7 +221,7 @@ class Trainer:
         # Distributed: rank 0's checkpoint goes to every rank (no shared filesystem needed).
         resume_state = distributed.broadcast_object(resume_state, self.dist)
         if resume_state is not None:
-            self.model = model_from_payload(resume_state["model"], self.checkpoint_path)
+            self.model = model_from_payload(resume_state.get("model"), self.checkpoint_path)
         else:
             self.model = build_model(cfg, self.data.stats, self.specs)
         self.model = self.model.to(device=self.device, dtype=self.dtype)
@@ -272,18 +258,47 @@ class Trainer:
             if resume_state.get("stage", 1) == 2:
                 self._enter_stage_two(quiet=True)
             self.wall_time_offset = float(resume_state.get("wall_time_s", 0.0))
-            self.optimizer.load_state_dict(resume_state["optimizer"])
-            if self.scheduler is not None and resume_state.get("scheduler"):
-                self.scheduler.load_state_dict(resume_state["scheduler"])
-            if self.ema is not None and resume_state.get("ema"):
-                self.ema.load_state_dict(resume_state["ema"])
-            self.start_epoch = int(resume_state["epoch"])
-            self.best_valid = float(resume_state["best_valid"])
-            self.epochs_without_improvement = int(resume_state["epochs_without_improvement"])
-            torch.set_rng_state(resume_state["rng_torch"])
+            self._restore(resume_state)
+        self.loss_scales = self._loss_scales()
         # What the training step calls: the model itself, or its DistributedDataParallel wrapper.
         self.train_model = distributed.wrap_model(self.model, self.dist, self.device, probe=self._probe)
         self.valid_loader = self._eval_loader(self.data.valid)
+
+    def _restore(self, state: dict) -> None:
+        """Optimiser, scheduler, EMA, counters and RNG from a checkpoint (one-line error if damaged)."""
+        try:
+            self.optimizer.load_state_dict(state["optimizer"])
+            if self.scheduler is not None and state.get("scheduler"):
+                self.scheduler.load_state_dict(state["scheduler"])
+            if self.ema is not None and state.get("ema"):
+                self.ema.load_state_dict(state["ema"])
+            self.start_epoch = int(state["epoch"])
+            self.best_valid = float(state["best_valid"])
+            self.epochs_without_improvement = int(state["epochs_without_improvement"])
+            torch.set_rng_state(state["rng_torch"])
+        except Exception as err:  # a damaged checkpoint can fail in many ways
+            first = str(err).strip().splitlines()[0][:160] if str(err).strip() else ""
+            raise MLIPError(
+                f"{self.checkpoint_path}: corrupted checkpoint, cannot resume ({type(err).__name__}: {first})"
+            ) from None
+
+    def _loss_scales(self) -> dict | None:
+        """Loss normalisation: the model's stored scales (identical on resume), else the data's."""
+        if self.cfg.training.loss_normalisation == "none":
+            return None
+        stored = self.model.hyperparameters.get("loss_scales") or {}
+        computed = dict(self.data.stats.loss_scales)
+        scales = {}
+        for spec in self.specs:
+            scale = stored.get(spec.name) or computed.get(spec.name)
+            if scale is None and not spec.is_tensor:
+                scale = [self.data.stats.scale]
+            if scale is None:  # a store written before loss normalisation existed
+                warn_once(f"no loss scale for '{spec.name}' (preprocessed store from an older mlip? rerun "
+                          f"`mlip preprocess`); its loss is not normalised")
+                scale = [1.0]
+            scales[spec.name] = scale
+        return scales
 
     def _plateau_scheduler(self) -> torch.optim.lr_scheduler.ReduceLROnPlateau:
         t = self.cfg.training
@@ -362,7 +377,7 @@ class Trainer:
         batch = Batch.from_data_list([self.data.train[0]]).to(self.device)
         names = {s.name for s in self.specs}
         pred = model(batch, compute_forces="forces" in names, compute_stress="stress" in names, training=True)
-        weighted_loss(self.specs, pred, batch)[0].backward()
+        weighted_loss(self.specs, pred, batch, self.loss_scales)[0].backward()
 
     # -------------------------------------------------------------- data loaders
     def _eval_loader(self, data) -> DataLoader:
@@ -401,7 +416,7 @@ class Trainer:
     def _evaluate(self, model: torch.nn.Module, data) -> dict:
         """Metrics on ``data`` (under torchrun: each rank its share, sums all-reduced)."""
         loader = data if isinstance(data, DataLoader) else self._eval_loader(data)
-        acc = evaluate_accumulator(model, loader, self.specs, self.device)
+        acc = evaluate_accumulator(model, loader, self.specs, self.device, self.loss_scales)
         return distributed.reduce_metrics(acc, self.dist).compute()
 
     # -------------------------------------------------------------- steps
@@ -410,7 +425,7 @@ class Trainer:
         loader = self._train_loader(epoch)
         names = {s.name for s in self.specs}
         self.model.train()
-        acc = MetricsAccumulator(self.specs)
+        acc = MetricsAccumulator(self.specs, self.loss_scales)
         running, n_batches, bad_streak = 0.0, 0, 0
         bar = tqdm(
             loader,
@@ -424,7 +439,7 @@ class Trainer:
             pred = self.train_model(
                 batch, compute_forces="forces" in names, compute_stress="stress" in names, training=True
             )
-            loss, _ = weighted_loss(self.specs, pred, batch)
+            loss, _ = weighted_loss(self.specs, pred, batch, self.loss_scales)
             # Under torchrun all ranks skip a batch together (DDP needs every rank's backward).
             finite = bool(torch.isfinite(loss))
             if self.dist.enabled:
@@ -465,12 +480,13 @@ class Trainer:
         return metrics
 
     def _valid_score(self, metrics: dict) -> float:
-        """Weighted sum of validation RMSE² — the same weighting as the loss."""
+        """Weighted sum of the validation loss terms — the same weighting and normalisation as the loss."""
         score = 0.0
         for spec in self.specs:
-            key = f"{spec.name}_rmse"
-            if key in metrics:
-                score += spec.weight * metrics[key] ** 2
+            if f"{spec.name}_loss" in metrics:
+                score += spec.weight * metrics[f"{spec.name}_loss"]
+            elif f"{spec.name}_rmse" in metrics:
+                score += spec.weight * metrics[f"{spec.name}_rmse"] ** 2
         return score
 
     def _save_checkpoint(self, epoch: int) -> None:

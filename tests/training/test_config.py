@@ -41,6 +41,30 @@ def test_example_config_loads_with_overrides():
         ({**BASE, "targets": {"efg": {"type": "spherical", "irreps": [[2, 3]]}}}, "needs 'irreps'"),
         ({**BASE, "targets": {"forces": {"key": "f"}}}, "need an 'energy' target"),
         ({**BASE, "targets": {"mu": {"type": "vector", "unit": "debey"}}}, "did you mean 'debye'"),
+        ({**BASE, "targets": {"mu": {"type": "vector", "unit": "Debye"}}}, "did you mean 'debye'"),
+        ({**BASE, "targets": {"mu": {"type": "vector", "unit": "furlong"}}}, "valid: eV, Hartree"),
+        ({**BASE, "targets": {"energy": {"unit": "hartree"}}}, "did you mean 'Hartree'"),
+        # a type was given: say that its value is not allowed, not that it is missing
+        (
+            {**BASE, "targets": {"mu": {"type": "tensor"}}},
+            "'targets.mu.type' is 'tensor', which is not one of",
+        ),
+        ({**BASE, "targets": {"energy": {"weight": -1}}}, "'targets.energy.weight' must be ≥ 0"),
+        # model settings that used to end in tracebacks inside the model
+        ({**BASE, "model": {"num_vectors": 2}}, "'model.num_vectors' must be ≥ 3 (got 2)"),
+        ({**BASE, "model": {"num_layers": 0}}, "'model.num_layers' must be ≥ 1 (got 0)"),
+        ({**BASE, "model": {"channels": -4}}, "'model.channels' must be ≥ 1 (got -4)"),
+        ({**BASE, "model": {"channels": 0}}, "'model.channels' must be ≥ 1 (got 0)"),
+        ({**BASE, "model": {"lmax": -1}}, "'model.lmax' must be ≥ 0 and ≤ 8 (got -1)"),
+        ({**BASE, "model": {"num_radial": 0}}, "'model.num_radial' must be ≥ 1"),
+        ({**BASE, "model": {"readout_hidden": 0}}, "'model.readout_hidden' must be ≥ 1"),
+        (
+            {**BASE, "model": {"lmax": 0}, "targets": {"energy": {}, "mu": {"type": "vector"}}},
+            "'model.lmax' must be ≥ 1 with tensor targets (mu)",
+        ),
+        ({**BASE, "training": {"lr": 0}}, "'training.lr' must be > 0.0 (got 0.0)"),
+        ({**BASE, "training": {"valid_batch_size": 0}}, "'training.valid_batch_size' must be ≥ 1"),
+        ({**BASE, "data": {"train_file": "x.xyz", "cutoff": -1}}, "'data.cutoff' must be > 0.0"),
         ({"data": {}}, "'data.train_file' is required"),
         ({**BASE, "training": []}, "should be a mapping"),
     ],
@@ -89,3 +113,47 @@ def test_shipped_configs_are_valid_and_their_files_exist(path):
     if isinstance(cfg.data.e0s, str) and cfg.data.e0s not in ("auto", "fit", "zero"):
         assert os.path.exists(cfg.data.e0s)
     assert cfg.target_specs()
+
+
+def test_model_setting_at_the_edge_of_its_range_builds_a_model():
+    """The lowest allowed values really work (the ranges are not stricter than the model)."""
+    import torch
+    from ase.build import molecule
+
+    from mlip.data.graph import atoms_to_graph
+    from mlip.model.potential import MLIPModel
+
+    cfg = load_config(
+        None,
+        raw={
+            **BASE,
+            "model": {
+                "channels": 1,
+                "num_layers": 1,
+                "lmax": 1,
+                "num_radial": 1,
+                "radial_hidden": 1,
+                "readout_hidden": 1,
+                "num_vectors": 3,
+                "tensor_hidden": 1,
+            },
+            "targets": {"energy": {}, "forces": {}, "alpha": {"type": "rank2", "symmetric": False}},
+        },
+    )
+    m = cfg.model
+    model = MLIPModel(
+        [1, 8],
+        cutoff=3.0,
+        targets=[s.to_dict() for s in cfg.target_specs()],
+        backbone=dict(
+            channels=m.channels,
+            num_layers=m.num_layers,
+            lmax=m.lmax,
+            num_radial=m.num_radial,
+            radial_hidden=m.radial_hidden,
+        ),
+        readout_hidden=m.readout_hidden,
+        tensor=dict(num_vectors=m.num_vectors, hidden=m.tensor_hidden),
+    )
+    out = model(atoms_to_graph(molecule("H2O"), 3.0))
+    assert out["alpha"].shape == (1, 3, 3) and torch.isfinite(out["forces"]).all()

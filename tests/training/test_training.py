@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from mlip.errors import MLIPError
+from mlip.io import safe_torch_load
 from mlip.model.potential import load_model
-from mlip.training.checkpoint import safe_torch_load
 from mlip.training.config import load_config
 from mlip.training.trainer import train
 from tests.conftest import tiny_raw_config
@@ -28,6 +28,18 @@ def test_training_reduces_validation_error(trained_run):
     assert float(last["train_loss"]) < float(first["train_loss"])
     for name in ("model.pt", "checkpoint.pt", "config.yaml"):
         assert (trained_run / name).exists()
+
+
+# Accuracy regression guard. Reference: the session fixture `trained_run` (tests/conftest.py: seed 0,
+# 48 ethanol structures, 3 epochs, float32, CPU, torch 2.13) reached a validation force RMSE of
+# 0.574 eV/Å (the mean predictor: 1.12 eV/Å). The bound has 50 % headroom for platform rounding and
+# honest changes; a backbone or training change that doubles the error (≈ the mean predictor) fails.
+REFERENCE_VALID_FORCES_RMSE = 0.574
+
+
+def test_accuracy_does_not_regress(trained_run):
+    last = _rows(trained_run / "metrics.csv")[-1]
+    assert float(last["valid_forces_rmse"]) < 1.5 * REFERENCE_VALID_FORCES_RMSE, last
 
 
 def test_model_file_loads_without_config(trained_run):
@@ -64,24 +76,28 @@ def test_resume_continues_from_saved_epoch_and_matches_uninterrupted(tmp_path):
 
 
 def test_float64_and_stress_training_on_periodic_data(tmp_path):
+    """Stress (from the virial) trains: the validation stress error beats the mean predictor."""
     raw = tiny_raw_config(
         tmp_path,
         **{
             "dtype": "float64",
             "data.train_file": "data/carbon/carbon_reduced_100.xyz",
-            "data.max_structures": 20,
+            "data.max_structures": 60,
+            "data.valid_fraction": 0.25,
+            "data.cutoff": 4.5,
             "data.e0s": "fit",
             "targets": {
                 "energy": {"key": "energy"},
                 "forces": {"key": "force", "weight": 1.0},
-                "stress": {"key": "stress", "virial_key": "virial", "weight": 10.0},
+                "stress": {"key": "stress", "virial_key": "virial", "weight": 100.0},
             },
-            "training.max_epochs": 2,
+            "training.max_epochs": 4,
+            "training.batch_size": 4,
         },
     )
-    result = train(load_config(None, raw=raw))
-    assert "stress_rmse" in result["valid"]
-    assert torch.isfinite(torch.tensor(result["valid"]["stress_rmse"]))
+    valid = train(load_config(None, raw=raw))["valid"]
+    # reference run: 0.026 vs 0.149 eV/Å³ for the mean predictor after these 4 epochs
+    assert valid["stress_rmse"] < 0.5 * valid["stress_mean_rmse"], valid
 
 
 def test_wandb_offline_logging(tmp_path, monkeypatch):
