@@ -37,8 +37,14 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 # The architecture of configs/example.yaml.
-MODEL = {"channels": 32, "num_layers": 2, "lmax": 2, "num_radial": 8, "radial_hidden": 32,
-         "readout_hidden": 32}
+MODEL = {
+    "channels": 32,
+    "num_layers": 2,
+    "lmax": 2,
+    "num_radial": 8,
+    "radial_hidden": 32,
+    "readout_hidden": 32,
+}
 
 
 def _config(args) -> dict:
@@ -79,13 +85,23 @@ def phase_generate(args) -> None:
 
     torch.manual_seed(0)
     e0s = parse_e0s(str(ROOT / "data" / "ethanol" / "isolated_atoms.xyz"), "bench")
-    model = MLIPModel(
-        species=[1, 6, 8], cutoff=5.0, e0s=e0s, scale=0.5, shift=0.0,
-        targets=[{"name": "energy", "kind": "energy", "key": "energy"},
-                 {"name": "forces", "kind": "forces", "key": "forces", "per_atom": True}],
-        backbone={"channels": 8, "num_layers": 1, "lmax": 1, "num_radial": 4, "radial_hidden": 8},
-        readout_hidden=8,
-    ).double().eval()
+    model = (
+        MLIPModel(
+            species=[1, 6, 8],
+            cutoff=5.0,
+            e0s=e0s,
+            scale=0.5,
+            shift=0.0,
+            targets=[
+                {"name": "energy", "kind": "energy", "key": "energy"},
+                {"name": "forces", "kind": "forces", "key": "forces", "per_atom": True},
+            ],
+            backbone={"channels": 8, "num_layers": 1, "lmax": 1, "num_radial": 4, "radial_hidden": 8},
+            readout_hidden=8,
+        )
+        .double()
+        .eval()
+    )
     base = ase.io.read(ROOT / "data" / "ethanol" / "train.xyz", ":")
     rng = np.random.default_rng(0)
     out = Path(args.workdir) / "synthetic.xyz"
@@ -112,8 +128,15 @@ def phase_generate(args) -> None:
             label_time += time.perf_counter() - t0
             ase.io.write(handle, frames, format="extxyz")
     os.replace(tmp, out)
-    _emit({"phase": "generate", "structures": args.structures, "seconds": time.perf_counter() - start,
-           "label_seconds": label_time, "file_mb": out.stat().st_size / 1e6})
+    _emit(
+        {
+            "phase": "generate",
+            "structures": args.structures,
+            "seconds": time.perf_counter() - start,
+            "label_seconds": label_time,
+            "file_mb": out.stat().st_size / 1e6,
+        }
+    )
 
 
 def phase_preprocess(args) -> None:
@@ -125,9 +148,17 @@ def phase_preprocess(args) -> None:
     parts = manifest["parts"]
     n = sum(p["count"] for p in parts.values())
     size = sum(s["bytes"] for p in parts.values() for s in p["shards"])
-    _emit({"phase": "preprocess", "structures": n, "seconds": seconds, "structures_per_s": n / seconds,
-           "store_mb": size / 1e6, "shards": sum(len(p["shards"]) for p in parts.values()),
-           "statistics_seconds": manifest["timing"]["total_s"] - manifest["timing"]["write_s"]})
+    _emit(
+        {
+            "phase": "preprocess",
+            "structures": n,
+            "seconds": seconds,
+            "structures_per_s": n / seconds,
+            "store_mb": size / 1e6,
+            "shards": sum(len(p["shards"]) for p in parts.values()),
+            "statistics_seconds": manifest["timing"]["total_s"] - manifest["timing"]["write_s"],
+        }
+    )
 
 
 def phase_verify(args) -> None:
@@ -142,8 +173,13 @@ def _loader(args, data, workers: int):
     import torch
     from torch_geometric.loader import DataLoader
 
-    return DataLoader(data, batch_size=args.batch_size, shuffle=True,
-                      generator=torch.Generator().manual_seed(0), num_workers=workers)
+    return DataLoader(
+        data,
+        batch_size=args.batch_size,
+        shuffle=True,
+        generator=torch.Generator().manual_seed(0),
+        num_workers=workers,
+    )
 
 
 def phase_load(args) -> None:
@@ -162,8 +198,15 @@ def phase_load(args) -> None:
         for _ in range(args.load_batches):
             n += next(loader).num_graphs
         seconds = time.perf_counter() - start
-        _emit({"phase": "load", "num_workers": workers, "structures": n, "seconds": seconds,
-               "structures_per_s": n / seconds})
+        _emit(
+            {
+                "phase": "load",
+                "num_workers": workers,
+                "structures": n,
+                "seconds": seconds,
+                "structures_per_s": n / seconds,
+            }
+        )
 
 
 def _train_steps(args, cfg, data, label: str, extra: dict) -> None:
@@ -194,9 +237,19 @@ def _train_steps(args, cfg, data, label: str, extra: dict) -> None:
                 wait += t1 - t0
                 step += t2 - t1
                 n += batch.num_graphs
-        _emit({"phase": label, "num_workers": workers, "batch_size": args.batch_size, "steps": args.steps,
-               "data_wait_ms_per_step": 1e3 * wait / args.steps, "model_step_ms": 1e3 * step / args.steps,
-               "data_fraction": wait / (wait + step), "structures_per_s": n / (wait + step), **extra})
+        _emit(
+            {
+                "phase": label,
+                "num_workers": workers,
+                "batch_size": args.batch_size,
+                "steps": args.steps,
+                "data_wait_ms_per_step": 1e3 * wait / args.steps,
+                "model_step_ms": 1e3 * step / args.steps,
+                "data_fraction": wait / (wait + step),
+                "structures_per_s": n / (wait + step),
+                **extra,
+            }
+        )
 
 
 def phase_train_store(args) -> None:
@@ -208,8 +261,13 @@ def phase_train_store(args) -> None:
     cfg = load_config(str(Path(args.workdir) / "config.yaml"))
     start = time.perf_counter()
     data = prepare_data(cfg, torch.float32, verify="size")
-    _train_steps(args, cfg, data, "train-store",
-                 {"prepare_seconds": time.perf_counter() - start, "train_structures": len(data.train)})
+    _train_steps(
+        args,
+        cfg,
+        data,
+        "train-store",
+        {"prepare_seconds": time.perf_counter() - start, "train_structures": len(data.train)},
+    )
 
 
 def phase_train_memory(args) -> None:
@@ -221,8 +279,13 @@ def phase_train_memory(args) -> None:
     cfg = load_config(str(Path(args.workdir) / "config.yaml"), ["data.preprocessed_dir=null"])
     start = time.perf_counter()
     data = prepare_data(cfg, torch.float32)
-    _train_steps(args, cfg, data, "train-memory",
-                 {"prepare_seconds": time.perf_counter() - start, "train_structures": len(data.train)})
+    _train_steps(
+        args,
+        cfg,
+        data,
+        "train-memory",
+        {"prepare_seconds": time.perf_counter() - start, "train_structures": len(data.train)},
+    )
 
 
 PHASES = {
@@ -238,9 +301,24 @@ PHASES = {
 # ---------------------------------------------------------------------------------- driver
 def _run_phase(name: str, args) -> list[dict]:
     """Run one phase in a child process; its records plus its own peak RSS (os.wait4)."""
-    command = [sys.executable, __file__, "--phase", name, "--structures", str(args.structures),
-               "--workdir", args.workdir, "--batch-size", str(args.batch_size), "--steps", str(args.steps),
-               "--load-batches", str(args.load_batches), "--chunk", str(args.chunk)]
+    command = [
+        sys.executable,
+        __file__,
+        "--phase",
+        name,
+        "--structures",
+        str(args.structures),
+        "--workdir",
+        args.workdir,
+        "--batch-size",
+        str(args.batch_size),
+        "--steps",
+        str(args.steps),
+        "--load-batches",
+        str(args.load_batches),
+        "--chunk",
+        str(args.chunk),
+    ]
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     start = time.perf_counter()
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, env=env)
@@ -276,15 +354,19 @@ def _markdown(records: list[dict], args, total: float) -> str:
     lines.append("")
     lines.append("| quantity | value |")
     lines.append("| --- | --- |")
-    lines.append(f"| preprocessing rate (`mlip preprocess`, read + validate + neighbour lists + write) | "
-                 f"**{p['structures_per_s']:.0f} structures/s** ({p['seconds']:.0f} s for {p['structures']}, "
-                 f"of which {p['statistics_seconds']:.1f} s streamed statistics) |")
+    lines.append(
+        f"| preprocessing rate (`mlip preprocess`, read + validate + neighbour lists + write) | "
+        f"**{p['structures_per_s']:.0f} structures/s** ({p['seconds']:.0f} s for {p['structures']}, "
+        f"of which {p['statistics_seconds']:.1f} s streamed statistics) |"
+    )
     lines.append(f"| preprocessing peak RSS | {p['peak_rss_mb']:.0f} MB |")
     lines.append(f"| store on disk | {p['store_mb']:.0f} MB in {p['shards']} shards (uncompressed) |")
     lines.append(f"| opening the store with SHA-256 verification | {v['seconds']:.1f} s |")
     for r in by.get("load", []):
-        lines.append(f"| streamed loading alone, `num_workers={r['num_workers']}` | "
-                     f"{r['structures_per_s']:.0f} structures/s (batches of {args.batch_size}) |")
+        lines.append(
+            f"| streamed loading alone, `num_workers={r['num_workers']}` | "
+            f"{r['structures_per_s']:.0f} structures/s (batches of {args.batch_size}) |"
+        )
     for label, name in (("train-store", "streamed from the store"), ("train-memory", "in memory (extxyz)")):
         for r in by.get(label, []):
             lines.append(
@@ -294,8 +376,10 @@ def _markdown(records: list[dict], args, total: float) -> str:
             )
         if by.get(label):
             r = by[label][0]
-            lines.append(f"| peak RSS, training {name} ({r['train_structures']} training structures) | "
-                         f"{r['peak_rss_mb']:.0f} MB (set-up {r['prepare_seconds']:.0f} s) |")
+            lines.append(
+                f"| peak RSS, training {name} ({r['train_structures']} training structures) | "
+                f"{r['peak_rss_mb']:.0f} MB (set-up {r['prepare_seconds']:.0f} s) |"
+            )
     lines.append("")
     lines.append(f"Total benchmark time {total / 60:.1f} min.")
     return "\n".join(lines)

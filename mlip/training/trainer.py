@@ -294,8 +294,10 @@ class Trainer:
             if scale is None and not spec.is_tensor:
                 scale = [self.data.stats.scale]
             if scale is None:  # a store written before loss normalisation existed
-                warn_once(f"no loss scale for '{spec.name}' (preprocessed store from an older mlip? rerun "
-                          f"`mlip preprocess`); its loss is not normalised")
+                warn_once(
+                    f"no loss scale for '{spec.name}' (preprocessed store from an older mlip? rerun "
+                    f"`mlip preprocess`); its loss is not normalised"
+                )
                 scale = [1.0]
             scales[spec.name] = scale
         return scales

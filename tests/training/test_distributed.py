@@ -23,8 +23,9 @@ from mlip.training.metrics import MetricsAccumulator
 from mlip.training.trainer import build_model, prepare_data, train
 from tests.conftest import ROOT, tiny_raw_config
 
-pytestmark = pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(),
-                                reason="torch.distributed with gloo is needed")
+pytestmark = pytest.mark.skipif(
+    not dist.is_available() or not dist.is_gloo_available(), reason="torch.distributed with gloo is needed"
+)
 
 
 def _rows(path):
@@ -88,8 +89,17 @@ def test_ddp_gradients_equal_single_process_gradients_of_the_global_batch(tmp_pa
 def _torchrun(config, *overrides, nproc=2):
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
     env.pop("WORLD_SIZE", None)
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-               "-m", "mlip", "train", str(config)]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={nproc}",
+        "-m",
+        "mlip",
+        "train",
+        str(config),
+    ]
     for item in overrides:
         command += ["-o", item]
     # a hang guard, not a speed requirement (loaded CI machines are slow)
@@ -97,8 +107,13 @@ def _torchrun(config, *overrides, nproc=2):
 
 
 def test_torchrun_two_processes_train_resume_and_match_one_process(tmp_path):
-    common = {"data.max_structures": 30, "data.valid_fraction": 0.2, "dtype": "float64",
-              "training.batch_size": 3, "data.preprocessed_dir": str(tmp_path / "store")}
+    common = {
+        "data.max_structures": 30,
+        "data.valid_fraction": 0.2,
+        "dtype": "float64",
+        "training.batch_size": 3,
+        "data.preprocessed_dir": str(tmp_path / "store"),
+    }
     raw = tiny_raw_config(tmp_path / "ddp", **common)
     preprocess(load_config(None, raw=raw), shard_structures=10, log=None)  # streamed data, 3 shards
     config = tmp_path / "config.yaml"
@@ -118,8 +133,10 @@ def test_torchrun_two_processes_train_resume_and_match_one_process(tmp_path):
 
     # One process, batch 2 × 3, in memory: the same structures per step, hence the same run.
     single = tmp_path / "single"
-    raw_single = tiny_raw_config(single, **{**common, "training.batch_size": 6, "data.preprocessed_dir": None,
-                                            "training.max_epochs": 2})
+    raw_single = tiny_raw_config(
+        single,
+        **{**common, "training.batch_size": 6, "data.preprocessed_dir": None, "training.max_epochs": 2},
+    )
     train(load_config(None, raw=raw_single))
     a = safe_torch_load(str(out / "checkpoint.pt"))["model"]["state_dict"]
     b = safe_torch_load(str(single / "checkpoint.pt"))["model"]["state_dict"]
@@ -134,8 +151,9 @@ def test_torchrun_two_processes_train_resume_and_match_one_process(tmp_path):
 def test_sampler_deals_out_the_single_process_order():
     n, seed = 23, 5
     order = distributed.single_process_order(n, seed)
-    loader = torch.utils.data.DataLoader(list(range(n)), batch_size=n, shuffle=True,
-                                         generator=torch.Generator().manual_seed(seed))
+    loader = torch.utils.data.DataLoader(
+        list(range(n)), batch_size=n, shuffle=True, generator=torch.Generator().manual_seed(seed)
+    )
     assert order == next(iter(loader)).tolist()
     seen = []
     for rank in range(3):
