@@ -73,6 +73,38 @@ ARMS: dict[str, tuple[str, list[str]]] = {
         "no stage two, bispectrum on 32 channels",
         ["training.stage_two_start=null", "model.bispectrum_channels=32"],
     ),
+    "c32_l3": (
+        "no stage two, 32 channels, 3 layers",
+        [
+            "training.stage_two_start=null",
+            "model.channels=32",
+            "model.radial_hidden=32",
+            "model.num_layers=3",
+        ],
+    ),
+    "c32_bi32": (
+        "no stage two, 32 channels, bispectrum on all 32",
+        [
+            "training.stage_two_start=null",
+            "model.channels=32",
+            "model.radial_hidden=32",
+            "model.bispectrum_channels=32",
+        ],
+    ),
+    "c32_ps": (
+        "no stage two, 32 channels, power spectrum only (no bispectrum, no bonds)",
+        [
+            "training.stage_two_start=null",
+            "model.channels=32",
+            "model.radial_hidden=32",
+            "model.correlation=2",
+            "model.bond_channels=0",
+        ],
+    ),
+    "c24": (
+        "no stage two, 24 channels",
+        ["training.stage_two_start=null", "model.channels=24", "model.radial_hidden=24"],
+    ),
     "l3": ("accurate.yaml with 3 layers", ["model.num_layers=3"]),
     "c96": ("accurate.yaml with 96 channels", ["model.channels=96", "model.radial_hidden=96"]),
     "c32": ("accurate.yaml with 32 channels", ["model.channels=32", "model.radial_hidden=32"]),
