@@ -16,6 +16,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from curves import LABELS, curve_table, order_key, pareto_points  # noqa: E402
+from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter  # noqa: E402
 
 COLOURS = {"mlip": "tab:blue", "mace": "tab:red", "metatrain": "tab:green", "pet": "tab:purple"}
 MAIN_TARGETS = ("energy", "forces", "stress", "dipole", "polarizability")
@@ -27,6 +28,18 @@ UNITS = {
     "polarizability": "mÅ³",
 }
 WATER_UNITS = {"dipole": "10⁻³ × source unit", "polarizability": "10⁻³ × source unit"}
+
+
+def _log_axes(ax) -> None:
+    """Log x and y with plain labels at 1, 2, 3, 5, 7 × 10ⁿ (no crowded minor labels)."""
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    plain = FuncFormatter(lambda v, _: f"{v:g}")
+    for axis, (lo, hi) in ((ax.xaxis, ax.get_xlim()), (ax.yaxis, ax.get_ylim())):
+        axis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 3.0, 5.0, 7.0)))
+        axis.set_major_formatter(plain)
+        # a narrow range may hold a single major tick: label the minor ones too
+        axis.set_minor_formatter(plain if hi / lo < 3 else NullFormatter())
 
 
 def _panels(runs: list[dict], task: str) -> list[tuple[str, str]]:
@@ -74,8 +87,7 @@ def plot_curves(runs: list[dict], task: str, path: str):
         unit = WATER_UNITS.get(target) if task == "water" else UNITS[target]
         where = {"test": "test"}.get(test, test.replace("test_", "test, "))
         ax.set_title(f"{task} ({where}): {target}")
-        ax.set_xscale("log")
-        ax.set_yscale("log")
+        _log_axes(ax)
         ax.set_xlabel("training time (min)")
         ax.set_ylabel(f"RMSE ({unit})")
         ax.grid(True, which="both", alpha=0.3)
@@ -113,8 +125,7 @@ def plot_pareto(runs: list[dict], pareto: dict, path: str):
             )
             for x, v, s in items:
                 ax.annotate(s, (x, v["mean"]), textcoords="offset points", xytext=(4, 4), fontsize=7)
-        ax.set_xscale("log")
-        ax.set_yscale("log")
+        _log_axes(ax)
         ax.set_xlabel("inference cost, energy + forces (µs/atom)")
         ax.set_ylabel(f"test RMSE ({UNITS[target]})")
         ax.set_title(f"{task}: {target} after {budget:g} min of training")
