@@ -103,12 +103,16 @@ def task_args(task: str, split: dict, size: str = "default") -> list[str]:
     zs = sorted({int(z) for a in frames for z in a.numbers})
     files = ["--train_file", split["train"], "--valid_file", split["valid"]]
     w = MACE_RECIPE_WEIGHTS[task]
+
+    def batch(size: int) -> str:  # MACE drops the last incomplete batch: at most the training set
+        return str(min(size, len(frames)))
+
     if task in ("ethanol", "acac", "carbon"):
         one, two = w["stage_one"], w["stage_two"]
         args = files + [
             "--model", "ScaleShiftMACE",
             "--num_channels", channels, "--max_L", "1",
-            "--batch_size", "10", "--valid_batch_size", "10",
+            "--batch_size", batch(10), "--valid_batch_size", "10",
             "--energy_key", "REF_energy", "--forces_key", "REF_forces",
             "--E0s", _e0s_arg(split, zs),
             "--energy_weight", str(one["energy"]), "--forces_weight", str(one["forces"]),
@@ -124,12 +128,12 @@ def task_args(task: str, split: dict, size: str = "default") -> list[str]:
         return args + ["--loss", "weighted", "--error_table", "PerAtomRMSE"]
     # dipole + polarizability ("MACE-μα", AtomicDielectricMACE); MACE has no stage two for it
     one = w["stage_one"]
-    batch = "64" if task == "water" else "10"
+    size = 64 if task == "water" else 10
     return files + [
         "--model", "AtomicDielectricMACE",
         "--num_channels", channels, "--max_L", "2",
         "--MLP_irreps", "16x0e+16x1o+16x2e",
-        "--batch_size", batch, "--valid_batch_size", batch,
+        "--batch_size", batch(size), "--valid_batch_size", str(size),
         "--dipole_key", "REF_dipole", "--polarizability_key", "REF_polarizability",
         "--E0s", "{" + ", ".join(f"{z}: 0.0" for z in zs) + "}",  # required, unused by this model
         "--loss", "dipole_polar",
