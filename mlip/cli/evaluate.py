@@ -45,9 +45,18 @@ def resolve_label_keys(
 
 
 def run_eval(
-    model_path: str, data_path: str, key_overrides: list[str], batch_size: int, device: str, dtype: str
+    model_path: str,
+    data_path: str,
+    key_overrides: list[str],
+    batch_size: int,
+    device: str,
+    dtype: str,
+    plot: str | None = None,
 ) -> dict:
-    """Print and return the metrics of the model on every labelled target in ``data_path``."""
+    """Print and return the metrics of the model on every labelled target in ``data_path``.
+
+    ``plot``: also write a parity plot (one panel per target) to this PNG file.
+    """
     import torch
 
     dev = select_device(device)
@@ -74,9 +83,21 @@ def run_eval(
     labels = [structure_labels(a, present, where(data_path, i)) for i, a in enumerate(frames)]
     means = model.hyperparameters.get("label_means") or None
     acc = MetricsAccumulator(present, reference_means=means)
+    parity = None
+    if plot:
+        from mlip.cli.plot import ParityCollector
+
+        parity = ParityCollector(present)
     for batch, pred, _ in predict_batches(model, frames, batch_size, dev, data_path, labels=labels):
         acc.update(pred, batch)
+        if parity is not None:
+            parity.update(pred, batch)
     metrics = acc.compute()
+    if parity is not None:
+        from mlip.cli.plot import save_figure
+
+        save_figure(parity.figure(title=f"{model_path} on {data_path}"), plot)
+        print(f"{plot}: parity plot")
     print(f"{data_path}: {len(frames)} structures; labels: {', '.join(used)}")
     print(format_metrics_table(metrics, present))
     if means:

@@ -1,4 +1,4 @@
-"""``mlip`` command: dispatches to train / preprocess / eval / predict; user errors become one line."""
+"""``mlip`` command: dispatches to train / preprocess / eval / predict / plot; user errors become one line."""
 
 from __future__ import annotations
 
@@ -65,6 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--device", default="auto")
     p.add_argument("--dtype", default="float64", choices=["float32", "float64"])
+    p.add_argument(
+        "--plot", metavar="PNG", default=None, help="also write a parity plot (one panel per target)"
+    )
 
     p = sub.add_parser("predict", help="write model predictions into a copy of a structure file")
     p.add_argument("model", help="model.pt written by mlip train")
@@ -74,6 +77,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.add_argument("--dtype", default="float64", choices=["float32", "float64"])
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+    p = sub.add_parser("plot", help="learning curve of a training run (from RUN_DIR/metrics.csv)")
+    p.add_argument("run_dir", help="output_dir of mlip train")
+    p.add_argument("-o", "--output", default=None, help="PNG file (default RUN_DIR/learning_curve.png)")
     return parser
 
 
@@ -98,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "eval":
             from mlip.cli.evaluate import run_eval
 
-            run_eval(args.model, args.data, args.key, args.batch_size, args.device, args.dtype)
+            run_eval(args.model, args.data, args.key, args.batch_size, args.device, args.dtype, args.plot)
         elif args.command == "predict":
             from mlip.cli.predict import run_predict
 
@@ -111,6 +118,10 @@ def main(argv: list[str] | None = None) -> int:
                 args.dtype,
                 progress=not args.no_progress,
             )
+        elif args.command == "plot":
+            from mlip.cli.plot import run_plot
+
+            run_plot(args.run_dir, args.output)
     except MLIPError as err:
         print(f"mlip: error: {err}", file=sys.stderr)
         return 1

@@ -346,3 +346,163 @@ def load_predictions(path: str) -> list[dict[str, np.ndarray]]:
         i, name = key.split("/", 1)
         out[int(i)][name] = data[key]
     return out
+
+
+# ----------------------------------------------------------------------------- learning-curve snapshots
+
+
+class SnapshotClock:
+    """Training clock with wall-clock marks, paused while snapshots are evaluated.
+
+    The clock starts at the first training epoch (after each code's data loading and statistics)
+    and counts everything the code does from then on (training steps, its own validation,
+    checkpointing) except the benchmark's snapshot evaluations, which run inside
+    :meth:`paused`. Every code calls :meth:`due` at the start of each epoch, i.e. after the
+    previous epoch and its validation; a mark is due once the clock has passed it, so a snapshot
+    for mark *m* is the model after the first epoch that ends past *m* minutes.
+
+    All times in seconds; ``marks_min`` and ``budget_min`` in minutes.
+    """
+
+    def __init__(self, marks_min: list[float], budget_min: float) -> None:
+        self.budget_s = 60.0 * budget_min
+        self.marks_s = sorted({60.0 * m for m in marks_min if m <= budget_min} | {self.budget_s})
+        self.done: list[float] = []
+        self.start: float | None = None
+        self.paused_s = 0.0
+
+    def begin(self) -> None:
+        """Start the clock (idempotent)."""
+        if self.start is None:
+            self.start = time.perf_counter()
+
+    def seconds(self) -> float:
+        """Training seconds so far (0 before the first epoch)."""
+        if self.start is None:
+            return 0.0
+        return time.perf_counter() - self.start - self.paused_s
+
+    def due(self) -> list[float]:
+        """Marks (s) passed by the clock that have no snapshot yet."""
+        now = self.seconds()
+        return [m for m in self.marks_s if m <= now and m not in self.done]
+
+    def remaining(self) -> list[float]:
+        """Marks without a snapshot (for the final snapshot when training ends early)."""
+        return [m for m in self.marks_s if m not in self.done]
+
+    def over_budget(self) -> bool:
+        return self.start is not None and self.seconds() >= self.budget_s
+
+    @contextmanager
+    def paused(self):
+        """Time inside this block does not count as training time."""
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.paused_s += time.perf_counter() - start
+
+
+class SnapshotWriter:
+    """Writes the test-set predictions of one snapshot per mark and keeps their index.
+
+    ``predict(test_file) → list of per-structure prediction dicts`` is supplied by each code.
+    Files: ``<out>/snapshots/m<minutes>/<test name>.npz``; the index (one entry per mark:
+    mark, training seconds, epoch, files) becomes ``result.json["snapshots"]``.
+    """
+
+    def __init__(self, out: str, tests: dict[str, dict]) -> None:
+        self.out = out
+        self.tests = tests
+        self.entries: list[dict] = []
+
+    def write(self, marks_s: list[float], train_s: float, epoch: int, predict: Callable, **extra) -> None:
+        """One evaluation of the current model, stored for every mark in ``marks_s``."""
+        if not marks_s:
+            return
+        start = time.perf_counter()
+        preds = {name: predict(t["file"]) for name, t in self.tests.items()}
+        eval_s = time.perf_counter() - start
+        for mark in marks_s:
+            d = os.path.join(self.out, "snapshots", f"m{mark / 60:g}")
+            os.makedirs(d, exist_ok=True)
+            files = {}
+            for name, p in preds.items():
+                files[name] = os.path.join(d, f"{name}.npz")
+                save_predictions(files[name], p)
+            self.entries.append(
+                {
+                    "mark_min": mark / 60,
+                    "train_s": train_s,
+                    "epoch": epoch,
+                    "snapshot_eval_s": eval_s,
+                    "files": files,
+                    **extra,
+                }
+            )
+
+
+def take_due_snapshots(
+    clock: SnapshotClock, writer: SnapshotWriter, epoch: int, make_predict: Callable, final=False, **kw
+) -> None:
+    """Snapshot for every due mark (every remaining mark if ``final``), with the clock paused.
+
+    ``make_predict()`` prepares the model to evaluate (copy of the best weights, export, ...) and
+    returns ``predict(test_file)``; both run with the clock paused.
+    """
+    marks = clock.remaining() if final else clock.due()
+    if not marks:
+        return
+    train_s = clock.seconds()
+    with clock.paused():
+        writer.write(marks, train_s, epoch, make_predict(), **kw)
+    clock.done.extend(marks)
+
+
+def split_tests(split: dict) -> dict[str, dict]:
+    """Test sets of a task from the splits JSON (older split files: one ``test``)."""
+    return split.get("tests") or {"test": {"file": split["test"], "refs": split["refs"]}}
+
+
+def e0s_of(split: dict) -> dict[int, float] | None:
+    """Isolated-atom energies {Z: eV} of a task, if the data provide them (JSON keys are str)."""
+    e0s = split.get("e0s")
+    return {int(z): float(e) for z, e in e0s.items()} if e0s else None
+
+
+def parse_marks(text: str | None, budget_min: float) -> list[float]:
+    """``"1,2,5"`` → [1.0, 2.0, 5.0] (minutes); default: the budget only."""
+    if not text:
+        return [budget_min]
+    return [float(x) for x in text.split(",") if x.strip()]
+
+
+# ----------------------------------------------------------------------------- loss weights
+
+# The loss weights of MACE's documented recipes, per task (stage one, and stage two where MACE has
+# one). MACE's loss is  w_E · mean((ΔE/N)²) + w_F · mean(ΔF²) + w_V · mean((ΔW/N)²)  with
+# energies per atom (eV/atom), force components (eV/Å), virials per atom (eV/atom), and for
+# tensors  w_μ · mean((Δμ/N)²) + w_α · mean((Δα/N)²). mlip's loss has the same form except that
+# stress (eV/Å³) replaces the per-atom virial and tensors are not divided by N; worker_mlip.py
+# converts the weights so that both codes minimise the same function (see docs/benchmarks.md).
+# Sources: ethanol/acac/carbon – mace/tools/arg_parser.py defaults of mace-torch 0.3.16 (the
+# README's recipe keeps them); tensors – MACE docs, guide/polarizability.rst; water – the command
+# published with the data, data/water_bulk/README.md.
+MACE_RECIPE_WEIGHTS: dict[str, dict] = {
+    "ethanol": {
+        "stage_one": {"energy": 1.0, "forces": 100.0},
+        "stage_two": {"energy": 1000.0, "forces": 100.0},
+    },
+    "acac": {"stage_one": {"energy": 1.0, "forces": 100.0}, "stage_two": {"energy": 1000.0, "forces": 100.0}},
+    "carbon": {
+        "stage_one": {"energy": 1.0, "forces": 100.0, "virials": 1.0},
+        "stage_two": {"energy": 1000.0, "forces": 100.0, "virials": 10.0},
+    },
+    "tensors": {"stage_one": {"dipole": 1000.0, "polarizability": 2000.0}, "stage_two": None},
+    "water": {"stage_one": {"dipole": 1.0, "polarizability": 1.0}, "stage_two": None},
+}
+
+# Stage two (MACE's "swa") starts at this fraction of the wall-clock budget (MACE's default
+# --start_swa is 75 % of --max_num_epochs; with a time budget the fraction applies to time).
+STAGE_TWO_FRACTION = 0.75

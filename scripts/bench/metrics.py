@@ -23,7 +23,11 @@ def _iso_aniso(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def errors(preds: list[dict], refs: list[dict], targets: list[str]) -> dict:
-    """MAE, RMSE and relative RMSE (RMSE / std of the reference components, %) per target.
+    """MAE, RMSE, mean signed error and relative RMSE (RMSE / std of the labels, %) per target.
+
+    The mean signed error (prediction − reference, averaged over all values) exposes a constant
+    offset, e.g. a wrong energy reference: ``offset_flag`` is set when |mean error| > 0.5 · RMSE,
+    i.e. when a constant shift makes up most of the error (see :func:`offset_flag`).
 
     energy per atom; forces, stress (3×3), dipole (3) and polarizability (3×3) per component;
     the polarizability also as its isotropic part (trace/3) and its symmetric traceless part.
@@ -63,7 +67,17 @@ def errors(preds: list[dict], refs: list[dict], targets: list[str]) -> dict:
             "unit": unit,
             "mae": float(np.mean(np.abs(d))) * factor,
             "rmse": rmse * factor,
+            "mean_error": float(np.mean(d)) * factor,
             "rel_rmse_percent": 100.0 * rmse / std if std > 0 else None,
             "n_values": int(d.size),
         }
+        out[name]["offset_flag"] = offset_flag(out[name])
     return out
+
+
+OFFSET_FRACTION = 0.5
+
+
+def offset_flag(err: dict) -> bool:
+    """True when |mean signed error| > 0.5 · RMSE (a constant offset dominates the error)."""
+    return abs(err.get("mean_error", 0.0)) > OFFSET_FRACTION * err["rmse"]

@@ -1,17 +1,20 @@
-"""metatrain (SOAP-BPNN) side of the benchmarks (runs in the peers' virtual environment).
+"""metatrain side of the benchmarks: SOAP-BPNN and PET (runs in the peers' virtual environment).
 
     PEERS=/work/peers/bin/python
-    $PEERS scripts/bench/peer_metatrain.py train --task ethanol --splits S.json --budget-min 3 --out DIR
+    $PEERS scripts/bench/peer_metatrain.py train --code metatrain --task ethanol --splits S.json \
+        --budget-min 60 --marks 1,2,5 --out DIR          # --code pet for PET
     $PEERS scripts/bench/peer_metatrain.py serve
 
 ``train`` runs ``mtt train options.yaml`` in-process (``metatrain.__main__.main``) with the
-SOAP-BPNN defaults (batch size 8 set explicitly) under a wall-clock budget:
+architecture's default hypers under a wall-clock budget (``install_budget``):
 
 * the training loop's ``CombinedDataLoader`` raises at the start of the first epoch after the
   budget is spent; ``Trainer.train`` is wrapped to return normally, and ``mtt`` then saves the
   best-validation model and exports it as usual;
-* SOAP-BPNN's learning-rate schedule (linear warm-up over 1 % of the steps, then cosine decay to 0
-  over ``num_epochs``) is kept, with progress measured as elapsed time / budget instead of
+* at each mark the best-validation model so far is exported and its test-set predictions are
+  written (``DIR/snapshots/m<min>/<test>.npz``), with the clock paused;
+* the architecture's learning-rate schedule (linear warm-up, then cosine decay to 0 over
+  ``num_epochs``) is kept, with progress measured as training time / budget instead of
   step / total steps, so the decay completes when the budget ends.
 
 The budget clock starts at the first training batch (after reading the data, the composition
@@ -24,6 +27,7 @@ import argparse
 import logging
 import math
 import os
+import shutil
 import sys
 import time
 
@@ -33,17 +37,21 @@ sys.path.insert(0, HERE)
 from common import (  # noqa: E402
     BudgetReached,
     CallTimer,
+    SnapshotClock,
+    SnapshotWriter,
     diamond,
     ethanol_cluster,
     ethanol_frames,
     machine_info,
     package_versions,
+    parse_marks,
     peak_memory,
     read_json,
-    save_predictions,
     serve,
     set_threads,
+    split_tests,
     synchronize,
+    take_due_snapshots,
     time_calls,
     timed_calls_with_memory,
     write_json,
@@ -64,10 +72,38 @@ VERSION_PACKAGES = [
 ]
 
 
-def options_for(task: str, split: dict, device: str, seed: int) -> dict:
+# metatrain architectures run by the benchmark (benchmark code name → metatrain name)
+ARCHITECTURES = {"metatrain": "soap_bpnn", "pet": "pet"}
+
+# Model-size variants for the Pareto front: "default" = the architecture's default hypers
+# (metatrain/<arch>/documentation.py); small/large change only the sizes named here.
+SIZES: dict[str, dict[str, dict]] = {
+    "soap_bpnn": {
+        "small": {"soap": {"max_angular": 4, "max_radial": 5}, "bpnn": {"num_neurons_per_layer": 16}},
+        "default": {},
+        "large": {"bpnn": {"num_neurons_per_layer": 128}},
+    },
+    "pet": {
+        "small": {"d_pet": 64, "d_head": 64, "d_node": 128, "d_feedforward": 128},
+        "default": {},
+        "large": {"d_pet": 256, "d_head": 256, "d_node": 512, "d_feedforward": 512},
+    },
+}
+
+
+def options_for(
+    task: str, split: dict, device: str, seed: int, arch: str = "soap_bpnn", size: str = "default"
+) -> dict:
+    """``mtt train`` options: the architecture's default hypers, the task's targets, the size variant.
+
+    Energies are in eV with forces (and virials for carbon) as gradients; the dipole and the
+    polarizability are Cartesian rank-1 / rank-2 per-structure targets. The energy baseline is
+    metatrain's default least-squares composition fit (see docs/benchmarks.md).
+    """
+
     def dataset(path: str) -> dict:
         systems = {"read_from": path, "length_unit": "angstrom"}
-        if task == "ethanol":
+        if task in ("ethanol", "acac"):
             targets = {"energy": {"key": "REF_energy", "unit": "eV", "forces": {"key": "REF_forces"}}}
         elif task == "carbon":
             targets = {
@@ -89,44 +125,57 @@ def options_for(task: str, split: dict, device: str, seed: int) -> dict:
             }
         return {"systems": systems, "targets": targets}
 
+    architecture: dict = {
+        "name": arch,
+        "training": {
+            "num_epochs": 100000,  # the budget stops the run; the LR schedule runs on the clock
+            "checkpoint_interval": 100000,
+            "log_interval": 1,
+            "num_workers": 0,
+        },
+    }
+    if SIZES[arch][size]:
+        architecture["model"] = SIZES[arch][size]
     return {
         "seed": seed,
         "device": device,
         "base_precision": 32,
         "final_eval": False,
-        "architecture": {
-            "name": "soap_bpnn",
-            "training": {
-                "batch_size": 8,
-                "num_epochs": 100000,
-                "checkpoint_interval": 100000,
-                "log_interval": 1,
-                "num_workers": 0,
-            },
-        },
+        "architecture": architecture,
         "training_set": dataset(split["train"]),
         "validation_set": dataset(split["valid"]),
         "test_set": 0.0,
     }
 
 
-def install_budget(budget_s: float, state: dict) -> None:
+def install_budget(clock: SnapshotClock, state: dict, snapshot, arch: str = "soap_bpnn") -> None:
+    """Wrap metatrain's training loop: wall-clock budget, time-based LR schedule, snapshots.
+
+    * The training ``CombinedDataLoader`` checks at the start of each epoch (after the previous
+      epoch's validation and best-model update): due marks get a snapshot, and once the budget is
+      spent it raises, which ``Trainer.train`` (wrapped) turns into a normal return; ``mtt`` then
+      saves the best-validation model and exports it as usual.
+    * The architecture's learning-rate schedule (linear warm-up over ``warmup_fraction``, then
+      cosine decay to 0 over ``num_epochs``) is kept with progress = training time / budget
+      instead of step / total steps, so the decay completes when the budget ends.
+    """
+    import importlib
+
     import torch
-    from metatrain.soap_bpnn import trainer as trainer_mod
     from metatrain.utils.data.combine_dataloaders import CombinedDataLoader
 
+    trainer_mod = importlib.import_module(f"metatrain.{arch}.trainer")
     orig_next = CombinedDataLoader.__next__
 
     def budget_next(self):
         if not self.shuffle:  # validation loader
             return orig_next(self)
-        now = time.perf_counter()
         if self.current_index == 0:
-            if state["start"] is None:
-                state["start"] = now
-            elif now - state["start"] > budget_s:
+            clock.begin()
+            snapshot(final=False)
+            if clock.over_budget():
                 raise BudgetReached
-            state["epoch_start"] = now
+            state["epoch_start"] = time.perf_counter()
         try:
             batch = orig_next(self)
         except StopIteration:
@@ -146,9 +195,9 @@ def install_budget(budget_s: float, state: dict) -> None:
         warmup = train_hypers["warmup_fraction"]
 
         def lr_lambda(step: int) -> float:
-            if state["start"] is None:
+            if clock.start is None:
                 return 0.0 if warmup > 0 else 1.0
-            progress = min((time.perf_counter() - state["start"]) / budget_s, 1.0)
+            progress = min(clock.seconds() / clock.budget_s, 1.0)
             if progress < warmup:
                 return max(progress / warmup, 1e-3)
             return 0.5 * (1.0 + math.cos(math.pi * (progress - warmup) / (1.0 - warmup)))
@@ -160,27 +209,44 @@ def install_budget(budget_s: float, state: dict) -> None:
     orig_train = trainer_mod.Trainer.train
 
     def budget_train(self, *args, **kwargs):
+        state["trainer"] = self
+        state["model"] = kwargs.get("model", args[0] if args else None)
         try:
             orig_train(self, *args, **kwargs)
         except BudgetReached:
-            logging.info(f"bench: wall-clock budget of {budget_s / 60:.2f} min reached")
+            logging.info(f"bench: wall-clock budget of {clock.budget_s / 60:.2f} min reached")
             self.epoch = max(state["epochs"] - 1, 0)
-        state["loop_s"] = time.perf_counter() - (state["start"] or time.perf_counter())
+        snapshot(final=True)
 
     trainer_mod.Trainer.train = budget_train
 
 
-def load_calculator(model_path: str, device: str, dtype: str = "float32", skin: float = 2.0):
+def best_atomistic_model(state: dict, path: str):
+    """The best-validation model so far, exported for inference; the live model is untouched.
+
+    As ``mtt train`` does at the end: the trainer writes a checkpoint (which carries metatrain's
+    ``best_model_state_dict``), ``load_model`` rebuilds the best model from it, ``export()``.
+    """
+    from metatrain.utils.io import load_model
+
+    state["trainer"].save_checkpoint(state["model"], path)
+    return load_model(path).export()
+
+
+def load_calculator(model_path, device: str, dtype: str = "float32", skin: float = 2.0):
+    """ASE calculator of an exported model: a file path, or an ``AtomisticModel`` object."""
     try:  # registers the TorchScript ops the exported SOAP-BPNN needs
         import sphericart.torch  # noqa: F401
     except ImportError:
         pass
     from metatomic_ase import MetatomicCalculator
 
-    extensions = os.path.join(os.path.dirname(os.path.abspath(model_path)), "extensions")
+    extensions = None
+    if isinstance(model_path, str):
+        extensions = os.path.join(os.path.dirname(os.path.abspath(model_path)), "extensions")
     return MetatomicCalculator(
         model_path,
-        extensions_directory=extensions if os.path.isdir(extensions) else None,
+        extensions_directory=extensions if extensions and os.path.isdir(extensions) else None,
         device=device,
         check_consistency=False,
         neighbor_skin=skin,
@@ -188,15 +254,19 @@ def load_calculator(model_path: str, device: str, dtype: str = "float32", skin: 
 
 
 def predict_file(model_path: str, path: str, device: str, task: str) -> list[dict]:
+    return predict_calc(load_calculator(model_path, device), path, task)
+
+
+def predict_calc(calc, path: str, task: str) -> list[dict]:
+    """Per-structure predictions through a ``MetatomicCalculator`` on a structure file."""
     import ase.io
     import numpy as np
     import torch
     from metatomic.torch import ModelOutput
 
-    calc = load_calculator(model_path, device)
     frames = ase.io.read(path, ":")
     preds = []
-    if task == "tensors":
+    if task in ("tensors", "water"):
         for atoms in frames:
             out = calc.run_model(
                 atoms,
@@ -229,23 +299,39 @@ def cmd_train(args: argparse.Namespace) -> None:
     import yaml
     from metatrain.__main__ import main as mtt_main
 
+    arch = ARCHITECTURES[args.code]
     split = read_json(args.splits)["tasks"][args.task]
     out = os.path.abspath(args.out)
     os.makedirs(out, exist_ok=True)
-    options = options_for(args.task, split, args.device, args.seed)
+    options = options_for(args.task, split, args.device, args.seed, arch, args.size)
     options_path = os.path.join(out, "options.yaml")
     with open(options_path, "w") as handle:
         yaml.safe_dump(options, handle, sort_keys=False)
-    state = {
-        "start": None,
-        "epochs": 0,
-        "steps": 0,
-        "structures": 0,
-        "train_phase_s": 0.0,
-        "loop_s": None,
-        "epoch_start": 0.0,
-    }
-    install_budget(60.0 * args.budget_min, state)
+    state = {"epochs": 0, "steps": 0, "structures": 0, "train_phase_s": 0.0, "epoch_start": 0.0}
+    tests = {} if args.no_test else split_tests(split)
+    clock = SnapshotClock(parse_marks(args.marks, args.budget_min), args.budget_min)
+    writer = SnapshotWriter(out, tests)
+
+    def snapshot(final: bool) -> None:
+        trainer = state.get("trainer")
+        if trainer is None or trainer.best_model_state_dict is None or not (clock.due() or final):
+            return
+
+        def make_predict():
+            model = best_atomistic_model(state, os.path.join(out, "snapshot.ckpt"))
+            calc = load_calculator(model, args.device)
+            return lambda f: predict_calc(calc, f, args.task)
+
+        take_due_snapshots(
+            clock,
+            writer,
+            state["epochs"],
+            make_predict,
+            final=final,
+            best_epoch=trainer.best_epoch,
+        )
+
+    install_budget(clock, state, snapshot, arch)
     model_path = os.path.join(out, "model.pt")
     argv = ["mtt", "train", options_path, "-o", model_path, "-e", os.path.join(out, "extensions")]
     sys.argv = argv
@@ -261,24 +347,27 @@ def cmd_train(args: argparse.Namespace) -> None:
         os.chdir(cwd)
     wall = time.perf_counter() - start
     result = {
-        "code": CODE,
+        "code": args.code,
         "task": args.task,
+        "size": args.size,
+        "seed": args.seed,
         "budget_min": args.budget_min,
         "command": " ".join(argv) + "   # (metatrain.__main__.main, in-process, budget-wrapped)",
-        "config": {"options": options, "architecture": "soap_bpnn (defaults otherwise)"},
+        "config": {"options": options, "architecture": f"{arch} (defaults otherwise)"},
         "versions": package_versions(VERSION_PACKAGES),
         "machine": machine_info(args.device),
         "wall_s": wall,
         "epochs": state["epochs"],
         "optimizer_steps": state["steps"],
         "train_phase_s": state["train_phase_s"],
-        "loop_s": state["loop_s"],
+        "loop_s": clock.seconds(),
         "train_structures_per_s": state["structures"] / max(state["train_phase_s"], 1e-9),
         "model_path": model_path,
+        "snapshots": writer.entries,
+        "snapshot_rule": "best-validation model so far (metatrain's best_model_state_dict)",
     }
-    if not args.no_test:
-        preds = predict_file(model_path, split["test"], args.device, args.task)
-        save_predictions(os.path.join(out, "test_predictions.npz"), preds)
+    if writer.entries:
+        shutil.copy(writer.entries[-1]["files"]["test"], os.path.join(out, "test_predictions.npz"))
     calc = load_calculator(model_path, "cpu")
     result["n_params"] = sum(p.numel() for p in calc._model.parameters())
     write_json(os.path.join(out, "result.json"), result)
@@ -420,7 +509,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
     t = sub.add_parser("train")
-    t.add_argument("--task", required=True, choices=["ethanol", "carbon", "tensors"])
+    t.add_argument("--task", required=True, choices=["ethanol", "acac", "carbon", "tensors", "water"])
     t.add_argument("--splits", required=True)
     t.add_argument("--budget-min", type=float, required=True)
     t.add_argument("--out", required=True)
@@ -428,6 +517,9 @@ def main() -> None:
     t.add_argument("--threads", type=int, default=2)
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--no-test", action="store_true")
+    t.add_argument("--marks", default=None, help="snapshot marks in training minutes, e.g. 1,2,5")
+    t.add_argument("--size", default="default", choices=["small", "default", "large"])
+    t.add_argument("--code", default="metatrain", choices=list(ARCHITECTURES), help="metatrain = SOAP-BPNN")
     s = sub.add_parser("serve")
     s.add_argument("--threads", type=int, default=2)
     args = p.parse_args()

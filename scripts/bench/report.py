@@ -1,16 +1,19 @@
 """Markdown tables of the benchmark JSONs, and assembly of BENCHMARKS.md.
 
-``write_benchmarks_md`` regenerates the tables of BENCHMARKS.md from ``benchmarks/results`` and
-keeps, from the existing file, (a) hand-written notes between ``<!-- notes:NAME -->`` and
-``<!-- /notes:NAME -->`` markers inside each benchmark section and (b) every ``## `` section that is
-not one of the five benchmark sections (e.g. another issue's "## Data pipeline (issue 5)").
+``write_benchmarks_md`` regenerates the tables of BENCHMARKS.md from ``benchmarks/results`` (and
+the figures under ``benchmarks/plots``) and keeps, from the existing file, (a) hand-written notes
+between ``<!-- notes:NAME -->`` and ``<!-- /notes:NAME -->`` markers inside each benchmark section
+and (b) every ``## `` section that is not one of the benchmark sections (e.g. another issue's
+"## Data pipeline (issue 5)"), except the retired ones in ``RETIRED``.
 """
 
 from __future__ import annotations
 
+import glob
 import os
 import re
 
+import numpy as np
 from common import read_json
 
 LABELS = {
@@ -19,14 +22,18 @@ LABELS = {
     "mlip_malloc": "mlip, tuned malloc",
     "mace": "MACE",
     "metatrain": "metatrain SOAP-BPNN",
+    "pet": "metatrain PET",
 }
 SECTIONS = {
-    "accuracy": "## 1. Accuracy at equal budget",
+    "curves": "## 1. Accuracy: learning curves at equal wall-clock time",
     "inference": "## 2. Inference throughput",
     "md": "## 3. MD step cost",
     "scaling": "## 4. Scaling",
     "training": "## 5. Training throughput",
+    "pareto": "## 6. Accuracy versus inference cost (Pareto fronts)",
 }
+# sections of earlier versions that are dropped when BENCHMARKS.md is rebuilt
+RETIRED = {"## 1. Accuracy at equal budget"}
 TARGET_NAMES = {
     "energy": "energy",
     "forces": "forces",
@@ -63,53 +70,6 @@ def _codes(result: dict) -> list[str]:
 
 
 # ----------------------------------------------------------------------------- per benchmark
-
-
-def md_accuracy(res: dict) -> str:
-    codes = _codes(res)
-    lines = [
-        f"Budget: **{res['budget_min']} min of training per code and task** (wall clock, "
-        f"{res['machine']['torch_threads']} threads; the clock starts at the first training epoch and the "
-        "epoch running when it expires is finished, including its validation). Test errors of the "
-        "best-validation model; float32 throughout. MAE / RMSE, and RMSE relative to the standard "
-        "deviation of the test labels in brackets.",
-        "",
-    ]
-    for task, split in res["splits"].items():
-        runs = {r["code"]: r for r in res["runs"] if r["task"] == task}
-        lines.append(
-            f"**{task}** ({split['source']}; {split['n_train']} train / {split['n_valid']} valid / "
-            f"{split['n_test']} test)"
-        )
-        lines.append("")
-        lines.append("| | " + " | ".join(LABELS.get(c, c) for c in codes) + " |")
-        lines.append("|---|" + "---|" * len(codes))
-        names = []
-        for c in codes:
-            for n in runs.get(c, {}).get("test_errors", {}):
-                if n not in names:
-                    names.append(n)
-        for n in names:
-            unit = next(r["test_errors"][n]["unit"] for r in runs.values() if n in r.get("test_errors", {}))
-            cells = []
-            for c in codes:
-                e = runs.get(c, {}).get("test_errors", {}).get(n)
-                if e is None:
-                    cells.append("failed" if "error" in runs.get(c, {}) else "not supported")
-                else:
-                    rel = f" ({e['rel_rmse_percent']:.1f}%)" if e.get("rel_rmse_percent") is not None else ""
-                    cells.append(f"{_g(e['mae'])} / {_g(e['rmse'])}{rel}")
-            lines.append(f"| {TARGET_NAMES.get(n, n)} MAE / RMSE ({unit}) | " + " | ".join(cells) + " |")
-        for label, key, fmt in (
-            ("parameters", "n_params", lambda v: f"{v:,}"),
-            ("epochs in budget", "epochs", str),
-            ("optimizer steps", "optimizer_steps", str),
-            ("training throughput (structures/s)", "train_structures_per_s", lambda v: f"{v:.3g}"),
-        ):
-            cells = [fmt(runs[c][key]) if c in runs and runs[c].get(key) is not None else "–" for c in codes]
-            lines.append(f"| {label} | " + " | ".join(cells) + " |")
-        lines.append("")
-    return "\n".join(lines)
 
 
 def md_inference(res: dict) -> str:
@@ -253,7 +213,6 @@ def md_training(res: dict) -> str:
 
 
 WRITERS = {
-    "accuracy": md_accuracy,
     "inference": md_inference,
     "md": md_md,
     "scaling": md_scaling,
@@ -305,13 +264,14 @@ def write_benchmarks_md(results_dir: str, path: str) -> None:
         p = os.path.join(results_dir, f"{name}.json")
         if os.path.exists(p):
             results[name] = read_json(p)
+    campaign = campaign_sections(results_dir, os.path.dirname(os.path.abspath(path)))
     old = open(path).read() if os.path.exists(path) else ""
     _, old_sections = _split_sections(old)
     old_by_title = dict(old_sections)
-    machine = next(iter(results.values()))["machine"] if results else {}
-    dates = sorted({r["date"] for r in results.values()})
+    machine = next(iter(results.values()))["machine"] if results else campaign.get("machine", {})
+    dates = sorted({r["date"] for r in results.values()} | set(campaign.get("dates", [])))
     out = [
-        "# Benchmarks: mlip vs MACE vs metatrain (SOAP-BPNN)",
+        "# Benchmarks: mlip vs MACE vs metatrain (SOAP-BPNN, PET)",
         "",
         f"Date: {', '.join(dates) or '–'}. Machine: {machine.get('cpu_model', '?')}, "
         f"{machine.get('affinity', '?')} cores available to the run, shared with other jobs (timings are "
@@ -320,16 +280,20 @@ def write_benchmarks_md(results_dir: str, path: str) -> None:
         f"{'GPUs: ' + ', '.join(machine['gpus']) if machine.get('gpus') else 'no GPU in this session'}. "
         f"torch threads = {machine.get('torch_threads', '?')} for every code.",
         "",
-        "Versions: " + ", ".join(_versions(results)) + ".",
+        "Versions: " + ", ".join(_versions({**results, **campaign.get("version_sources", {})})) + ".",
         "",
         "How to run (peers' virtual environment: see docs/benchmarks.md):",
         "",
         "```bash",
-        "python scripts/bench/run.py all --peers-python /work/peers/bin/python   # whole suite, quick sizes",
+        "python scripts/bench/run.py curves --seeds 0,1,2 --budget-min 60   # 1: learning curves (long)",
+        "python scripts/bench/run.py pareto --task ethanol --budget-min 30  # 6: sizes × codes, timing",
+        "python scripts/bench/run.py all --peers-python /work/peers/bin/python   # 2–5, quick sizes",
         "python scripts/bench/run.py report                                      # rebuild this file",
         "```",
         "",
-        "Raw figures: `benchmarks/results/<benchmark>.json`; tables: `benchmarks/results/<benchmark>.md`.",
+        "Raw figures: `benchmarks/results/<benchmark>.json` (learning curves: one JSON per run in "
+        "`benchmarks/results/curves/`); tables: `benchmarks/results/<benchmark>.md`; figures: "
+        "`benchmarks/plots/`. Settings of every code and their sources: docs/benchmarks.md.",
         "",
     ]
     for name, title in SECTIONS.items():
@@ -337,7 +301,9 @@ def write_benchmarks_md(results_dir: str, path: str) -> None:
         out.append("")
         old_body = old_by_title.get(title, "")
         notes = _notes(old_body, name)
-        if name in results:
+        if name in campaign:
+            out.append(campaign[name])
+        elif name in results:
             res = results[name]
             out.append(WRITERS[name](res))
             out.append("")
@@ -348,9 +314,262 @@ def write_benchmarks_md(results_dir: str, path: str) -> None:
         out.append(notes or f"<!-- notes:{name} -->\n<!-- /notes:{name} -->")
         out.append("")
     for title, body in old_sections:
-        if title not in SECTIONS.values():
+        if title not in SECTIONS.values() and title not in RETIRED:
             out.append(title)
             out.append(body.rstrip("\n"))
             out.append("")
     with open(path, "w") as handle:
         handle.write("\n".join(out).rstrip("\n") + "\n")
+
+
+# ----------------------------------------------------------------------------- 1. and 6. (campaigns)
+
+CURVE_TARGETS = (
+    "energy",
+    "forces",
+    "stress",
+    "dipole",
+    "polarizability",
+    "polarizability_iso",
+    "polarizability_aniso",
+)
+
+
+def _spread(st: dict) -> str:
+    """ "mean [min–max]" over seeds (just the value for one seed)."""
+    if st.get("mean") is None:
+        return "–"
+    if st["n"] == 1:
+        return _g(st["mean"])
+    return f"{_g(st['mean'])} [{_g(st['min'])}–{_g(st['max'])}]"
+
+
+def _run_label(code: str, size: str) -> str:
+    return f"{LABELS.get(code, code)} ({size})"
+
+
+def _final_errors(runs: list[dict], task: str, test: str, target: str) -> dict:
+    """(code, size) → lists of final-snapshot MAE, RMSE, mean error and offset flags over seeds."""
+    out: dict = {}
+    for r in runs:
+        if r["task"] != task or not r["snapshots"]:
+            continue
+        e = r["snapshots"][-1]["errors"].get(test, {}).get(target)
+        if e is None:
+            continue
+        d = out.setdefault(
+            (r["code"], r["size"], r["budget_min"]), {"mae": [], "rmse": [], "me": [], "flag": []}
+        )
+        d["mae"].append(e["mae"])
+        d["rmse"].append(e["rmse"])
+        d["me"].append(e["mean_error"])
+        d["flag"].append(bool(e.get("offset_flag")))
+    return out
+
+
+def md_curves(runs: list[dict], plots: dict[str, str], md_dir: str, failed: list[dict]) -> str:
+    """Section 1: per task a figure, RMSE at the marks (mean [min–max] over seeds), final errors."""
+    from curves import curve_table, order_key, seed_stats
+
+    seeds = sorted({r["seed"] for r in runs})
+    lines = [
+        "Every code trains once per seed for the task's wall-clock budget (2 CPU threads unless stated "
+        "otherwise); at each mark the model it would return if stopped then — its **best-validation model "
+        "so far** (mlip and MACE: EMA weights; MACE and mlip restart the best-model tracking when their "
+        "stage two starts) — is evaluated on the test sets, with the training clock paused. The clock "
+        "starts at the first training epoch and includes each code's own validation. A mark's snapshot is "
+        "the model after the first epoch that ends past the mark; the x position of a point is the mean "
+        "actual training time. Stage two (MACE's \"swa\", mlip's equivalent) starts at 75 % of the budget, "
+        "metatrain's cosine learning-rate decay is stretched over the budget: curves show the states of one "
+        "long run, not the best model trainable in each shorter budget. "
+        f"Seeds: {', '.join(map(str, seeds))}; cells: mean [min–max] over seeds. **ME** = mean signed error "
+        "(prediction − reference): ⚠ marks |ME| > 0.5 · RMSE, a constant offset that dominates the error "
+        "(a set-up error, to be fixed, not a result). Settings and loss weights of every code, with sources: "
+        "docs/benchmarks.md.",
+        "",
+    ]
+    if any(r.get("smoke") for r in runs):
+        lines += ["**SMOKE DATA** (tool test on a few structures): not results.", ""]
+    tasks = [
+        t for t in ("ethanol", "acac", "carbon", "tensors", "water") if any(r["task"] == t for r in runs)
+    ]
+    for task in tasks:
+        truns = [r for r in runs if r["task"] == task]
+        split = truns[0]["split"]
+        tests = []
+        for r in truns:
+            for snap in r["snapshots"]:
+                for t in snap["errors"]:
+                    if t not in tests:
+                        tests.append(t)
+        lines.append(f"### {task}")
+        lines.append("")
+        lines.append(f"Data: {split['source']}.")
+        if task == "water":
+            lines.append(
+                "Units: those of the source file (undocumented upstream; see data/PROVENANCE.md), ×10⁻³."
+            )
+        lines.append("")
+        if task in plots:
+            lines += [f"![learning curves, {task}]({os.path.relpath(plots[task], md_dir)})", ""]
+        for test in tests:
+            marks = sorted({s["mark_min"] for r in truns for s in r["snapshots"]})
+            lines.append(f"**{task}, test set `{test}`**: test RMSE at training-time marks (min)")
+            lines.append("")
+            lines.append(
+                "| target | code (size) | "
+                + " | ".join(f"{m:g}" for m in marks)
+                + " | final MAE | final ME |"
+            )
+            lines.append("|---|---|" + "---|" * (len(marks) + 2))
+            for target in CURVE_TARGETS:
+                table = curve_table(truns, task, test, target)
+                if not table:
+                    continue
+                finals = _final_errors(truns, task, test, target)
+                unit = next(
+                    s["errors"][test][target]["unit"]
+                    for r in truns
+                    for s in r["snapshots"]
+                    if target in s["errors"].get(test, {})
+                )
+                for key in sorted(table, key=order_key):
+                    code, size, _ = key
+                    cells = [_spread(table[key][m]) if m in table[key] else "–" for m in marks]
+                    f = finals.get(key, {})
+                    me = seed_stats(f.get("me", []))
+                    rmse = seed_stats(f.get("rmse", []))
+                    flag = " ⚠" if any(f.get("flag", [])) or (
+                        me["mean"] is not None and abs(me["mean"]) > 0.5 * (rmse["mean"] or 0)
+                    ) else ""  # fmt: skip
+                    lines.append(
+                        f"| {TARGET_NAMES.get(target, target).strip()} ({unit}) | {_run_label(code, size)} | "
+                        + " | ".join(cells)
+                        + f" | {_spread(seed_stats(f.get('mae', [])))} | {_spread(me)}{flag} |"
+                    )
+            lines.append("")
+        lines.append(f"**{task}, runs** (mean over seeds)")
+        lines.append("")
+        lines.append(
+            "| code (size) | budget (min) | parameters | epochs | training structures/s | stage two from |"
+        )
+        lines.append("|---|---|---|---|---|---|")
+        groups: dict = {}
+        for r in truns:
+            groups.setdefault((r["code"], r["size"], r["budget_min"]), []).append(r["worker"])
+        for (code, size, budget), ws in sorted(groups.items(), key=lambda kv: order_key(kv[0])):
+            st2 = [w.get("stage_two", {}).get("started_s") for w in ws]
+            st2 = [x for x in st2 if x is not None]
+            frac = ws[0].get("stage_two", {}).get("fraction_of_budget")
+            stage = (
+                f"{np.mean(st2) / 60:.1f} min"
+                if st2
+                else (f"{frac:.0%} of budget (not reached)" if frac else "none")
+            )
+            lines.append(
+                f"| {_run_label(code, size)} | {budget:g} | {ws[0].get('n_params') or '–':,} | "
+                f"{np.mean([w['epochs'] for w in ws]):.0f} | "
+                f"{np.mean([w['train_structures_per_s'] for w in ws]):.3g} | {stage} |"
+            )
+        lines.append("")
+    if failed:
+        lines.append("Failed runs (see their JSON in `benchmarks/results/curves/` and the worker log):")
+        lines.append("")
+        for r in failed:
+            lines.append(f"- {r['task']} / {r['code']} ({r['size']}) / seed {r['seed']}")
+        lines.append("")
+    cmds = sorted({r["driver_command"] for r in runs})
+    lines.append("Commands: " + "; ".join(f"`{c}`" for c in cmds) + ".")
+    return "\n".join(lines)
+
+
+def md_pareto(pareto: dict, runs: list[dict], plot: str | None, md_dir: str) -> str:
+    """Section 6 for one task: error vs µs/atom per (code, size), equal-error throughput ratio."""
+    from curves import equal_error_ratio, order_key, pareto_points
+
+    task, budget = pareto["task"], pareto["budget_min"]
+    points = pareto["timing"]["points"]
+    lines = [
+        f"**{task}**, every size trained for {budget:g} min (same budget and seeds for every code); error = "
+        "final-snapshot test RMSE, mean [min–max] over seeds; cost: " + pareto["timing"]["what"] + ".",
+        "",
+    ]
+    if plot:
+        lines += [f"![Pareto front, {task}]({os.path.relpath(plot, md_dir)})", ""]
+    forces = pareto_points(runs, task, budget, "forces")
+    energy = pareto_points(runs, task, budget, "energy")
+    lines.append("| code (size) | parameters | µs/atom | forces RMSE (meV/Å) | energy RMSE (meV/atom) |")
+    lines.append("|---|---|---|---|---|")
+    for key in sorted(forces, key=order_key):
+        cost = points.get(f"{key[0]}/{key[1]}", {}).get("us_per_atom")
+        lines.append(
+            f"| {_run_label(*key)} | {forces[key].get('n_params') or '–':,} | {_g(cost)} | "
+            f"{_spread(forces[key])} | {_spread(energy.get(key, {}))} |"
+        )
+    lines.append("")
+    for target, pts in (("forces", forces), ("energy", energy)):
+        mlip = [
+            (v["mean"], points[f"mlip/{s}"]["us_per_atom"])
+            for (c, s), v in pts.items()
+            if c == "mlip" and f"mlip/{s}" in points
+        ]
+        mace = [
+            (v["mean"], points[f"mace/{s}"]["us_per_atom"])
+            for (c, s), v in pts.items()
+            if c == "mace" and f"mace/{s}" in points
+        ]
+        if not mlip or not mace:
+            continue
+        lines.append(
+            f"At equal test {target} RMSE, throughput mlip / MACE (MACE's Pareto front interpolated "
+            "linearly in log error – log cost at mlip's error; no extrapolation):"
+        )
+        lines.append("")
+        for row in equal_error_ratio(sorted(mlip), mace):
+            if row["throughput_ratio"] is None:
+                lines.append(f"- mlip at {_g(row['error'])}: outside MACE's error range (no ratio).")
+            else:
+                lines.append(
+                    f"- mlip at {_g(row['error'])}: {_g(row['mlip_us_per_atom'])} µs/atom vs MACE "
+                    f"{_g(row['mace_us_per_atom_at_equal_error'])} µs/atom "
+                    f"→ **{row['throughput_ratio']:.2g}×**"
+                )
+        lines.append("")
+    lines.append(f"Command: `{pareto['command']}` ({pareto['date']}).")
+    return "\n".join(lines)
+
+
+def campaign_sections(results_dir: str, md_dir: str) -> dict:
+    """Markdown of sections 1 and 6 and their figures (benchmarks/plots), from the run JSONs."""
+    from curves import failed_runs, load_runs
+
+    runs = load_runs(results_dir)
+    failed = failed_runs(results_dir)
+    out: dict = {}
+    if not runs:
+        return out
+    from plots import plot_curves, plot_pareto
+
+    plot_dir = os.path.join(os.path.dirname(os.path.abspath(results_dir)), "plots")
+    plots = {}
+    for task in sorted({r["task"] for r in runs}):
+        path = os.path.join(plot_dir, f"curves_{task}.png")
+        if plot_curves(runs, task, path) is not None:
+            plots[task] = path
+    out["curves"] = md_curves(runs, plots, md_dir, failed)
+    with open(os.path.join(results_dir, "curves.md"), "w") as handle:
+        handle.write(f"# {SECTIONS['curves'][3:]}\n\n{md_curves(runs, plots, results_dir, failed)}\n")
+    parts = []
+    for path in sorted(glob.glob(os.path.join(results_dir, "pareto_*.json"))):
+        pareto = read_json(path)
+        png = os.path.join(plot_dir, f"pareto_{pareto['task']}.png")
+        plot_pareto(runs, pareto, png)
+        parts.append(md_pareto(pareto, runs, png, md_dir))
+    if parts:
+        out["pareto"] = "\n\n".join(parts)
+    out["machine"] = runs[0]["machine"]
+    out["dates"] = sorted({r["date"] for r in runs})
+    out["version_sources"] = {
+        "curves": {"versions": {f"{r['code']}{i}": r["worker"]["versions"] for i, r in enumerate(runs)}}
+    }
+    return out

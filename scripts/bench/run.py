@@ -1,11 +1,14 @@
-"""Side-by-side benchmarks of mlip, MACE and metatrain (SOAP-BPNN) in one run.
+"""Side-by-side benchmarks of mlip, MACE and metatrain (SOAP-BPNN, PET) in one run.
 
-    python scripts/bench/run.py all --peers-python /work/peers/bin/python          # whole suite
-    python scripts/bench/run.py accuracy --budget-min 3                            # one benchmark
+    python scripts/bench/run.py curves --tasks ethanol,acac,carbon,tensors,water \
+        --codes mlip,mace,metatrain,pet --seeds 0,1,2 --budget-min 60 --marks 1,2,5,10,20,30,60
+    python scripts/bench/run.py pareto --task ethanol --seeds 0,1,2 --budget-min 30
+    python scripts/bench/run.py all --peers-python /work/peers/bin/python          # benchmarks 2–5
     python scripts/bench/run.py inference --dtypes float32,float64 --large
     python scripts/bench/run.py report                                             # BENCHMARKS.md
 
-Sub-benchmarks: ``accuracy`` (1), ``inference`` (2), ``md`` (3), ``scaling`` (4), ``training`` (5).
+Sub-benchmarks: ``curves`` (1, learning curves, see curves.py), ``inference`` (2), ``md`` (3),
+``scaling`` (4), ``training`` (5), ``pareto`` (6, test error vs inference cost).
 mlip runs in this Python; the peers run in the virtual environment given by ``--peers-python``
 (see docs/benchmarks.md), through ``peer_mace.py`` / ``peer_metatrain.py`` in subprocesses. Timed
 repeats are interleaved (round r runs every code once, in a rotating order) and ratios are taken
@@ -30,20 +33,20 @@ REPO = os.path.dirname(os.path.dirname(HERE))
 sys.path.insert(0, HERE)
 
 import numpy as np  # noqa: E402
-from common import load_predictions, machine_info, read_json, write_json  # noqa: E402
+from common import machine_info, read_json, write_json  # noqa: E402
 
 SCRIPTS = {
     "mlip": os.path.join(HERE, "worker_mlip.py"),
     "mace": os.path.join(HERE, "peer_mace.py"),
     "metatrain": os.path.join(HERE, "peer_metatrain.py"),
+    "pet": os.path.join(HERE, "peer_metatrain.py"),  # metatrain's PET (``--code pet``)
 }
-LABELS = {"mlip": "mlip", "mace": "MACE", "metatrain": "metatrain SOAP-BPNN"}
+LABELS = {"mlip": "mlip", "mace": "MACE", "metatrain": "metatrain SOAP-BPNN", "pet": "metatrain PET"}
 DEFAULT_PEERS_PYTHON = "/work/peers/bin/python"
 
 # quick (default) and full sizes; individual flags override
 SIZES = {
     "quick": {
-        "budget_min": 2.0,
         "molecule_batches": [1, 32],
         "periodic_atoms": [64, 512, 4096],
         "md_systems": [("cluster", 11), ("box", 1000)],
@@ -57,7 +60,6 @@ SIZES = {
         "train_budget_min": 0.5,
     },
     "full": {
-        "budget_min": 10.0,
         "molecule_batches": [1, 8, 32, 128],
         "periodic_atoms": [64, 512, 4096, 10648],
         "md_systems": [("cluster", 11), ("box", 1000)],
@@ -89,6 +91,7 @@ class Worker:
         env = dict(
             os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), **(extra_env or {})
         )
+        env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")  # this checkout's mlip
         env.setdefault("PYTHONWARNINGS", "ignore")
         self.proc = subprocess.Popen(
             [python, SCRIPTS[code], "serve", "--threads", str(threads)],
@@ -131,7 +134,10 @@ def python_for(code: str, args) -> str:
 
 
 def env_for(args) -> dict:
-    return dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
+    """The same environment for every code; this checkout's mlip first on PYTHONPATH."""
+    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
+    env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
+    return env
 
 
 def rotate(items: list, r: int) -> list:
@@ -150,9 +156,8 @@ def train_run(code: str, task: str, budget: float, out: str, args, no_test: bool
     """One training job of ``code`` on ``task`` (subprocess); returns its result.json."""
     from data import prepare
 
-    splits = prepare(REPO, args.work_dir, args.n_train, args.n_valid, args.seed)
+    prepare(REPO, args.work_dir, args.n_train, args.n_valid, args.split_seed, args.smoke)
     splits_path = os.path.join(args.work_dir, "data", "splits.json")
-    del splits
     cmd = [
         python_for(code, args),
         SCRIPTS[code],
@@ -165,6 +170,8 @@ def train_run(code: str, task: str, budget: float, out: str, args, no_test: bool
         "--threads", str(args.threads),
         "--seed", str(args.seed),
     ]  # fmt: skip
+    if code == "pet":
+        cmd += ["--code", "pet"]
     if no_test:
         cmd.append("--no-test")
     os.makedirs(out, exist_ok=True)
@@ -180,58 +187,29 @@ def train_run(code: str, task: str, budget: float, out: str, args, no_test: bool
 
 
 def model_for(code: str, task: str, args) -> tuple[str, str]:
-    """Path of the ``task`` model of ``code`` from benchmark 1, training a short one if missing."""
-    path = os.path.join(args.work_dir, "accuracy", f"{code}_{task}", "result.json")
-    if os.path.exists(path):
-        res = read_json(path)
-        return res["model_path"], f"trained in benchmark 1 ({res['budget_min']} min budget)"
+    """The ``task`` model of ``code``: a learning-curve run (benchmark 1) of the code's default size
+    if one exists on this machine (longest budget, lowest seed), else a short one trained now."""
+    from curves import DEFAULT_SIZES, load_runs, resolve_size
+
+    size = resolve_size(code, task, DEFAULT_SIZES.get(code, "default"))
+    runs = [
+        r
+        for r in load_runs(args.results)
+        if r["code"] == code and r["task"] == task and r["size"] == size
+        and os.path.exists(r["worker"]["model_path"])
+    ]  # fmt: skip
+    if runs:
+        r = sorted(runs, key=lambda r: (-r["budget_min"], r["seed"]))[0]
+        return r["worker"][
+            "model_path"
+        ], f"benchmark-1 run ({r['budget_min']:g} min budget, seed {r['seed']})"
     out = os.path.join(args.work_dir, "models", f"{code}_{task}")
     path = os.path.join(out, "result.json")
     if not os.path.exists(path):
-        log(
-            f"no benchmark-1 model for {code}/{task}: training one for 0.25 min (architecture of benchmark 1)"
-        )
+        log(f"no benchmark-1 model for {code}/{task}: training one for 0.25 min (default size)")
         train_run(code, task, 0.25, out, args, no_test=True)
     res = read_json(path)
-    return res["model_path"], "briefly trained (0.25 min) with the architecture of benchmark 1"
-
-
-# ----------------------------------------------------------------------------- 1. accuracy
-
-
-def bench_accuracy(args) -> dict:
-    from metrics import errors
-
-    from data import prepare
-
-    splits = prepare(REPO, args.work_dir, args.n_train, args.n_valid, args.seed)["tasks"]
-    budget = args.budget_min
-    runs = []
-    for k, task in enumerate(args.tasks):
-        for code in rotate(args.codes, k):
-            out = os.path.join(args.work_dir, "accuracy", f"{code}_{task}")
-            log(f"accuracy: training {code} on {task} for {budget} min")
-            try:
-                res = train_run(code, task, budget, out, args)
-            except RuntimeError as err:
-                log(f"  FAILED: {err}")
-                runs.append({"code": code, "task": task, "error": str(err)})
-                continue
-            preds = load_predictions(os.path.join(out, "test_predictions.npz"))
-            refs = load_predictions(splits[task]["refs"])
-            res["test_errors"] = errors(preds, refs, splits[task]["targets"])
-            runs.append(res)
-            summary = ", ".join(f"{n} {v['rmse']:.3g}" for n, v in res["test_errors"].items())
-            log(f"  {res['epochs']} epochs; test RMSE: {summary}")
-    return {
-        "benchmark": "accuracy",
-        "budget_min": budget,
-        "splits": {
-            t: {k: v for k, v in s.items() if k not in ("train", "valid", "test", "refs")}
-            for t, s in splits.items()
-        },
-        "runs": runs,
-    }
+    return res["model_path"], "briefly trained (0.25 min), default size"
 
 
 # ----------------------------------------------------------------------------- 2. inference
@@ -554,7 +532,6 @@ def bench_training(args) -> dict:
 
 
 BENCHES = {
-    "accuracy": bench_accuracy,
     "inference": bench_inference,
     "md": bench_md,
     "scaling": bench_scaling,
@@ -582,22 +559,53 @@ def run_one(name: str, args) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("benchmark", choices=[*BENCHES, "all", "report"])
+    p.add_argument("benchmark", choices=["curves", "pareto", *BENCHES, "all", "report"])
     p.add_argument(
         "--size", choices=list(SIZES), default="quick", help="default sizes (quick ≲ 40 min on 2 cores)"
     )
     p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N (all codes)")
     p.add_argument("--threads", type=int, default=2, help="torch/OpenMP threads for every code")
     p.add_argument("--peers-python", default=DEFAULT_PEERS_PYTHON, help="Python of the peers' venv")
-    p.add_argument("--codes", default="mlip,mace,metatrain", help="comma-separated subset")
+    p.add_argument(
+        "--codes",
+        default=None,
+        help="comma-separated subset (curves/pareto: mlip,mace,metatrain,pet; else without pet)",
+    )
     p.add_argument("--results", default=os.path.join(REPO, "benchmarks", "results"))
     p.add_argument("--work-dir", default="/tmp/mlip-bench", help="models, logs, data splits")
     p.add_argument("--benchmarks-md", default=os.path.join(REPO, "BENCHMARKS.md"))
-    p.add_argument("--seed", type=int, default=0)
-    g = p.add_argument_group("1. accuracy")
-    g.add_argument("--budget-min", type=float, default=None, help="training budget per code and task")
-    g.add_argument("--tasks", default="ethanol,carbon,tensors")
-    g.add_argument("--n-train", type=int, default=500, help="ethanol training structures")
+    p.add_argument("--seed", type=int, default=0, help="training seed of benchmarks 2–5's short runs")
+    p.add_argument("--split-seed", type=int, default=0, help="seed of the data splits (all benchmarks)")
+    p.add_argument(
+        "--smoke", type=int, default=None, help="N: every data file cut to N structures (tool tests)"
+    )
+    g = p.add_argument_group("1. learning curves / 6. Pareto")
+    g.add_argument(
+        "--budget-min",
+        default=None,
+        help="training budget in minutes: 60, or per task 60,carbon=30 (curves 60, pareto 30 by default)",
+    )
+    g.add_argument("--tasks", default="ethanol,acac,carbon,tensors,water", help="curves: tasks")
+    g.add_argument("--task", dest="pareto_task", default="ethanol", help="pareto: the task (energy + forces)")
+    g.add_argument("--seeds", default="0,1,2", help="training seeds, one run each (the split stays the same)")
+    g.add_argument("--marks", default="1,2,3,5,7,10,15,20,30,45,60", help="snapshot marks, training minutes")
+    g.add_argument(
+        "--sizes",
+        default=None,
+        help="model sizes per code, e.g. mlip=medium,mace=default (pareto: mlip=small+medium+large,...)",
+    )
+    g.add_argument(
+        "--mlip-weights",
+        default="mace",
+        choices=["mace", "config"],
+        help="mlip's loss weights: equivalent to MACE's recipe (default) or the base config's",
+    )
+    g.add_argument(
+        "--mlip-override", action="append", default=[], metavar="KEY=VALUE", help="extra mlip config override"
+    )
+    g.add_argument("--pareto-batch", type=int, default=32, help="pareto timing: molecules per batch")
+    g.add_argument("--pareto-atoms", type=int, default=512, help="pareto timing (carbon): diamond cell atoms")
+    g.add_argument("--n-train", type=int, default=950, help="ethanol training structures")
     g.add_argument("--n-valid", type=int, default=50, help="ethanol validation structures")
     g = p.add_argument_group("2. inference")
     g.add_argument("--dtypes", default="float32", help="float32 and/or float64, comma-separated")
@@ -629,11 +637,16 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     size = SIZES[args.size]
+    campaign = args.benchmark in ("curves", "pareto")
+    args.codes = args.codes or ("mlip,mace,metatrain,pet" if campaign else "mlip,mace,metatrain")
     args.codes = [c.strip() for c in args.codes.split(",") if c.strip()]
     args.tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
     args.dtypes = [d.strip() for d in args.dtypes.split(",") if d.strip()]
     ints = lambda s: [int(x) for x in s.split(",") if x.strip()]  # noqa: E731
-    args.budget_min = args.budget_min if args.budget_min is not None else size["budget_min"]
+    args.seeds = ints(args.seeds)
+    args.marks = sorted(float(x) for x in args.marks.split(",") if x.strip())
+    args.budget_spec = args.budget_min or ("30" if args.benchmark == "pareto" else "60")
+    args.command = " ".join(["python", os.path.relpath(sys.argv[0], REPO)] + sys.argv[1:])
     args.molecule_batches = ints(args.molecule_batches) if args.molecule_batches else size["molecule_batches"]
     args.periodic_atoms = ints(args.periodic_atoms) if args.periodic_atoms else list(size["periodic_atoms"])
     args.scaling_atoms = ints(args.scaling_atoms) if args.scaling_atoms else list(size["scaling_atoms"])
@@ -667,6 +680,18 @@ def main(argv: list[str] | None = None) -> int:
 
         write_benchmarks_md(args.results, args.benchmarks_md)
         log(f"wrote {args.benchmarks_md}")
+        return 0
+    if campaign:
+        import curves
+
+        from data import prepare
+
+        prepare(REPO, args.work_dir, args.n_train, args.n_valid, args.split_seed, args.smoke)
+        os.makedirs(os.path.join(args.results, "curves"), exist_ok=True)
+        if args.benchmark == "curves":
+            curves.run_curves(args)
+        else:
+            curves.run_pareto(args)
         return 0
     names = list(BENCHES) if args.benchmark == "all" else [args.benchmark]
     for name in names:

@@ -1,0 +1,65 @@
+"""Pure helpers of the benchmark tooling (scripts/bench): no training, no peers, fast."""
+
+from __future__ import annotations
+
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from tests.conftest import ROOT
+
+sys.path.insert(0, str(ROOT / "scripts" / "bench"))
+
+from common import SnapshotClock  # noqa: E402
+from curves import equal_error_ratio, interpolate_loglog, lower_front, parse_budgets, parse_sizes  # noqa: E402
+from metrics import errors  # noqa: E402
+
+
+def test_mean_error_flags_a_constant_offset():
+    refs = [
+        {"n_atoms": np.array(2), "energy": np.array(e), "forces": np.zeros((2, 3))} for e in (0.0, 1.0, 2.0)
+    ]
+    shifted = [{"energy": r["energy"] + 0.2, "forces": r["forces"]} for r in refs]  # +0.1 eV/atom everywhere
+    noisy = [{"energy": r["energy"] + s, "forces": r["forces"]} for r, s in zip(refs, (0.2, -0.2, 0.0))]
+    e = errors(shifted, refs, ["energy", "forces"])["energy"]
+    assert e["mean_error"] == pytest.approx(100.0) and e["rmse"] == pytest.approx(100.0)  # meV/atom
+    assert e["offset_flag"]
+    e = errors(noisy, refs, ["energy"])["energy"]
+    assert e["mean_error"] == pytest.approx(0.0, abs=1e-9) and not e["offset_flag"]
+
+
+def test_snapshot_clock_marks_and_pause():
+    clock = SnapshotClock([0.001, 0.002, 5.0], budget_min=0.003)  # marks above the budget dropped
+    assert clock.marks_s == pytest.approx([0.06, 0.12, 0.18])
+    assert clock.due() == [] and clock.seconds() == 0.0
+    clock.begin()
+    with clock.paused():
+        time.sleep(0.1)
+    assert clock.seconds() < 0.05  # paused time does not count
+    time.sleep(0.07)
+    assert clock.due() == pytest.approx([0.06])
+    clock.done.extend(clock.due())
+    assert clock.remaining() == pytest.approx([0.12, 0.18]) and not clock.over_budget()
+
+
+def test_budget_and_size_specs():
+    tasks = ["ethanol", "acac", "carbon"]
+    assert parse_budgets("60", tasks) == {"ethanol": 60.0, "acac": 60.0, "carbon": 60.0}
+    assert parse_budgets("30,carbon=10", tasks) == {"ethanol": 30.0, "acac": 30.0, "carbon": 10.0}
+    with pytest.raises(ValueError):
+        parse_budgets("water=5", tasks)
+    sizes = parse_sizes("mlip=small+large", ["mlip", "mace"], {"mlip": ["medium"], "mace": ["default"]})
+    assert sizes == {"mlip": ["small", "large"], "mace": ["default"]}
+
+
+def test_equal_error_ratio_interpolates_the_front_log_log():
+    # MACE: (error, µs/atom); (30, 500) is dominated by (20, 400): more accurate and cheaper
+    mace = [(40.0, 100.0), (20.0, 400.0), (30.0, 500.0), (10.0, 1600.0)]
+    assert lower_front(mace) == [(40.0, 100.0), (20.0, 400.0), (10.0, 1600.0)]
+    # cost ∝ error⁻² on the front: at error 20·√2 the front costs 200
+    assert interpolate_loglog([40.0, 20.0], [100.0, 400.0], 20.0 * 2**0.5) == pytest.approx(200.0)
+    rows = equal_error_ratio([(20.0 * 2**0.5, 50.0), (5.0, 10.0)], mace)
+    assert rows[0]["throughput_ratio"] == pytest.approx(4.0)
+    assert rows[1]["throughput_ratio"] is None  # outside MACE's range: no extrapolation
