@@ -116,9 +116,7 @@ class MLIPCalculator(Calculator):
         # Position derivatives by autograd (Born charges from a dipole, ∂α/∂r from a polarizability),
         # computed only when asked for; a learned target of the same name takes precedence.
         self.derivative_names = [
-            name
-            for name in SOURCES
-            if name not in self.tensor_names and self._has_source(name)
+            name for name in SOURCES if name not in self.tensor_names and self._has_source(name)
         ]
         self.implemented_properties = energy_props + self.tensor_names + self.derivative_names
         self.has_energy = self.model.has_energy

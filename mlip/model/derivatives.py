@@ -36,6 +36,8 @@ def derivative_source(model: Any, name: str) -> str:
     if name not in SOURCES:
         raise MLIPError(f"unknown position derivative {name!r} (known: {', '.join(SOURCES)})")
     target, kind = SOURCES[name]
+    if name in model.tensor_target_names:
+        raise MLIPError(f"the model has a learned target named {name!r}: it is predicted, not derived")
     for spec in model.target_specs:
         if spec.name == target and spec.kind == kind and not spec.per_atom:
             return target

@@ -154,3 +154,39 @@ def test_missing_dipole_target_is_a_one_line_error():
     with pytest.raises(MLIPError, match="named 'polarizability'") as err:
         only_dipole.get_property("polarizability_derivatives", atoms)
     assert "\n" not in str(err.value)
+
+
+def test_predict_writes_born_charges(tmp_path, calc, capsys):
+    import ase.io
+
+    from mlip.cli.main import main
+    from mlip.model.potential import save_model
+
+    model_path, data, out = tmp_path / "model.pt", tmp_path / "in.xyz", tmp_path / "out.xyz"
+    save_model(tensor_model(), str(model_path))
+    frames = [molecule(8), molecule(9)[:4]]
+    ase.io.write(data, frames)
+    args = ["predict", str(model_path), str(data), "-o", str(out), "--device", "cpu", "--no-progress"]
+    assert main([*args, "--born-charges", "--polarizability-derivatives", "--batch-size", "2"]) == 0
+    written = ase.io.read(out, ":")
+    for atoms, frame in zip(frames, written):
+        n = len(atoms)
+        atoms = frame.copy()  # the written positions (rounded to 1e-8 Å) are the ones to compare at
+        assert frame.arrays["MLIP_born_charges"].shape == (n, 9)
+        assert frame.arrays["MLIP_polarizability_derivatives"].shape == (n, 27)
+        np.testing.assert_allclose(
+            frame.arrays["MLIP_born_charges"].reshape(n, 3, 3), _prop(calc, atoms, "born_charges"), atol=1e-7
+        )
+        np.testing.assert_allclose(
+            frame.arrays["MLIP_polarizability_derivatives"].reshape(n, 3, 3, 3),
+            _prop(calc, atoms, "polarizability_derivatives"),
+            atol=1e-7,
+        )
+        np.testing.assert_allclose(frame.info["MLIP_dipole"], _prop(calc, atoms, "dipole"), atol=1e-7)
+    # Without a dipole target: one line, non-zero exit, nothing written.
+    save_model(tensor_model(TARGETS[:2]), str(model_path))
+    capsys.readouterr()
+    assert main(["predict", str(model_path), str(data), "-o", str(tmp_path / "x.xyz"), "--born-charges"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("mlip: error: born_charges needs") and "'dipole'" in err[0]
+    assert not (tmp_path / "x.xyz").exists()
