@@ -1,5 +1,8 @@
 """Run molecular dynamics with an mlip model through ASE and write a trajectory.
 
+``mlip md`` is the command-line version with more options (CSVR thermostat, extxyz frames with the
+model's dipole/polarizability, restart); this script keeps writing an ASE ``.traj``.
+
     python scripts/run_md.py runs/example/model.pt data/ethanol/test.xyz --steps 500
 
 Langevin (NVT, default) or velocity Verlet (NVE, ``--ensemble nve``); prints temperature and
@@ -27,32 +30,13 @@ import numpy as np
 from ase import units
 from ase.io.trajectory import Trajectory
 from ase.md.langevin import Langevin
-from ase.md.velocitydistribution import Stationary, ZeroRotation
 from ase.md.verlet import VelocityVerlet
 
 from mlip import MLIPCalculator
+from mlip.cli.md import draw_velocities, initial_temperature
 from mlip.errors import MLIPError
 
-
-def draw_velocities(atoms, temperature_K: float, rng: np.random.Generator) -> None:
-    """Maxwell–Boltzmann momenta at ``temperature_K`` without centre-of-mass motion (and, for
-    molecules, without rotation). Uses ASE's ``thermalize_momenta`` (ASE ≥ 3.29; the older
-    ``MaxwellBoltzmannDistribution`` is deprecated there) and falls back on older ASE."""
-    try:
-        from ase.md.velocitydistribution import thermalize_momenta
-    except ImportError:  # ASE < 3.29
-        from ase.md.velocitydistribution import MaxwellBoltzmannDistribution as thermalize_momenta
-    thermalize_momenta(atoms, temperature_K=temperature_K, rng=rng)
-    Stationary(atoms)
-    if not any(atoms.pbc):
-        ZeroRotation(atoms)
-
-
-def initial_temperature(ensemble: str, temperature: float, initial: float | None) -> float:
-    """Temperature the initial velocities are drawn at (see the module docstring)."""
-    if initial is not None:
-        return initial
-    return 2.0 * temperature if ensemble == "nve" else temperature
+__all__ = ["draw_velocities", "initial_temperature", "main"]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -9,6 +9,13 @@ Units: energy eV, forces eV/Å, stress eV/Å³ (ASE sign and Voigt order), dipol
 is a calculator property under its name: ``calc.get_property("polarizability", atoms)``; per-atom
 targets have shape ``[N, ...]``.
 
+Models with a per-structure ``dipole`` target also give Born effective charges,
+``calc.get_property("born_charges", atoms)`` ``[N, 3, 3]`` with ``Z[i, a, b] = ∂μ_a/∂r_{i,b}`` (e for a
+dipole in e·Å), and models with a ``polarizability`` target ``"polarizability_derivatives"``
+``[N, 3, 3, 3]`` = ``∂α_ab/∂r_{i,c}``: exact autograd derivatives, computed only when asked for
+(see :mod:`mlip.model.derivatives`). Asking a model without the target raises a one-line
+:class:`~mlip.errors.MLIPError`.
+
 The model is loaded once; each call rebuilds only the neighbour list and a few small tensors.
 With ``skin > 0`` (e.g. ``skin=1.0`` for MD) even the neighbour list is reused: it is built once
 with ``cutoff + skin`` and, while no atom has moved more than ``skin / 2`` since (and numbers,
@@ -32,6 +39,7 @@ from mlip.data.neighbours import build_neighbour_list
 from mlip.data.reading import check_structure, normalise_pbc
 from mlip.device import select_device
 from mlip.errors import MLIPError
+from mlip.model.derivatives import SOURCES, derivative_source, forward_with_position_derivatives
 from mlip.model.potential import MLIPModel, load_model
 from mlip.outputs import ENERGY, FORCES, NODE_ENERGY, STRESS
 
@@ -65,6 +73,8 @@ class MLIPCalculator(Calculator):
         "stress",
         "dipole",
         "polarizability",
+        "born_charges",
+        "polarizability_derivatives",
     ]
 
     def __init__(
@@ -103,8 +113,25 @@ class MLIPCalculator(Calculator):
         energy_props = (
             ["energy", "free_energy", "energies", "forces", "stress"] if self.model.has_energy else []
         )
-        self.implemented_properties = energy_props + self.tensor_names
+        # Position derivatives by autograd (Born charges from a dipole, ∂α/∂r from a polarizability),
+        # computed only when asked for; a learned target of the same name takes precedence.
+        self.derivative_names = [
+            name for name in SOURCES if name not in self.tensor_names and self._has_source(name)
+        ]
+        self.implemented_properties = energy_props + self.tensor_names + self.derivative_names
         self.has_energy = self.model.has_energy
+
+    def _has_source(self, name: str) -> bool:
+        try:
+            derivative_source(self.model, name)
+        except MLIPError:
+            return False
+        return True
+
+    def get_property(self, name, atoms=None, allow_calculation=True):
+        if name in SOURCES and name not in self.implemented_properties:
+            derivative_source(self.model, name)  # raises a one-line MLIPError naming the missing target
+        return super().get_property(name, atoms, allow_calculation)
 
     def _check(self, atoms) -> None:
         key = atoms.numbers.tobytes()
@@ -127,7 +154,13 @@ class MLIPCalculator(Calculator):
             ).to(self.device)
         periodic = bool(np.all(atoms.pbc))
         want_stress = periodic and self.has_energy and "stress" in properties
-        out = self.model(graph, compute_forces=self.has_energy, compute_stress=want_stress)
+        derivatives = [name for name in self.derivative_names if name in properties]
+        if derivatives:
+            out = forward_with_position_derivatives(
+                self.model, graph, derivatives, compute_forces=self.has_energy, compute_stress=want_stress
+            )
+        else:
+            out = self.model(graph, compute_forces=self.has_energy, compute_stress=want_stress)
         results: dict[str, Any] = {}
         if self.has_energy:
             energy = float(out[ENERGY].detach().cpu()[0])
@@ -142,6 +175,8 @@ class MLIPCalculator(Calculator):
             value = out[name].detach().cpu().numpy().astype(np.float64)
             value = value[0] if value.shape[0] == 1 and not self._per_atom(name) else value
             results[name] = value
+        for name in derivatives:
+            results[name] = out[name].cpu().numpy().astype(np.float64)
         self.results = results
 
     # ------------------------------------------------------------------ neighbour-list reuse

@@ -1,4 +1,4 @@
-"""``mlip`` command: dispatches to train / preprocess / eval / predict / plot; user errors become one line."""
+"""``mlip`` command: train / preprocess / eval / predict / md / plot; user errors become one line."""
 
 from __future__ import annotations
 
@@ -77,6 +77,49 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.add_argument("--dtype", default="float64", choices=["float32", "float64"])
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    p.add_argument(
+        "--born-charges",
+        action="store_true",
+        help="also write MLIP_born_charges (per atom, 9 numbers: dμ_a/dr_b) by autograd; needs a dipole",
+    )
+    p.add_argument(
+        "--polarizability-derivatives",
+        action="store_true",
+        help="also write MLIP_polarizability_derivatives (per atom, 27 numbers: dα_ab/dr_c); needs a "
+        "polarizability",
+    )
+
+    p = sub.add_parser(
+        "md",
+        help="molecular dynamics recording energy, forces and every tensor target (extxyz frames)",
+        description="Molecular dynamics with an mlip model. Every --record-every steps an extxyz frame "
+        "(positions, momenta, MLIP_energy, MLIP_forces, MLIP_<tensor>) is appended to the output and "
+        "flushed; --restart continues a run from its last frame.",
+    )
+    p.add_argument("model", help="model.pt written by mlip train")
+    p.add_argument("structure", nargs="?", default=None, help="start structure (not needed with --restart)")
+    p.add_argument("-o", "--output", default=None, help="output extxyz file (default: the --restart file)")
+    p.add_argument("--steps", type=int, default=1000, help="total number of MD steps (default 1000)")
+    p.add_argument("--timestep", type=float, default=0.5, help="fs (default 0.5)")
+    p.add_argument("--temperature", type=float, default=300.0, help="K: thermostat target (default 300)")
+    p.add_argument(
+        "--initial-temperature",
+        type=float,
+        default=None,
+        help="K: initial velocities drawn at this temperature (default: --temperature, 2× in nve)",
+    )
+    p.add_argument("--ensemble", default="nvt", choices=["nve", "nvt", "csvr"], help="nvt = Langevin")
+    p.add_argument("--friction", type=float, default=0.01, help="Langevin friction, 1/fs (default 0.01)")
+    p.add_argument("--taut", type=float, default=100.0, help="csvr (Bussi) time constant, fs (default 100)")
+    p.add_argument("--index", type=int, default=0, help="frame of STRUCTURE to start from (default 0)")
+    p.add_argument("--supercell", default=None, metavar="A,B,C", help="repeat a periodic cell, e.g. 2,2,2")
+    p.add_argument("--seed", type=int, default=0, help="initial velocities and thermostat noise")
+    p.add_argument("--record-every", type=int, default=10, help="write a frame every N steps (default 10)")
+    p.add_argument("--skin", type=float, default=1.0, help="neighbour-list skin, Å (default 1.0; 0 = off)")
+    p.add_argument("--restart", default=None, metavar="OUT.xyz", help="continue from this file's last frame")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--dtype", default="float64", choices=["float32", "float64"])
+    p.add_argument("--no-progress", action="store_true", help="a line per frame instead of a progress bar")
 
     p = sub.add_parser("plot", help="learning curve of a training run (from RUN_DIR/metrics.csv)")
     p.add_argument("run_dir", help="output_dir of mlip train")
@@ -116,6 +159,38 @@ def main(argv: list[str] | None = None) -> int:
                 args.batch_size,
                 args.device,
                 args.dtype,
+                progress=not args.no_progress,
+                derivatives=[
+                    name
+                    for name, wanted in (
+                        ("born_charges", args.born_charges),
+                        ("polarizability_derivatives", args.polarizability_derivatives),
+                    )
+                    if wanted
+                ],
+            )
+        elif args.command == "md":
+            from mlip.cli.md import run_md
+
+            run_md(
+                args.model,
+                args.structure,
+                args.output,
+                steps=args.steps,
+                timestep=args.timestep,
+                temperature=args.temperature,
+                initial_temp=args.initial_temperature,
+                ensemble=args.ensemble,
+                friction=args.friction,
+                taut=args.taut,
+                index=args.index,
+                supercell=args.supercell,
+                seed=args.seed,
+                record_every=args.record_every,
+                dtype=args.dtype,
+                device=args.device,
+                restart=args.restart,
+                skin=args.skin,
                 progress=not args.no_progress,
             )
         elif args.command == "plot":

@@ -3,8 +3,10 @@
 Per structure: ``MLIP_energy`` (info, eV), ``MLIP_stress`` (info, 6 Voigt numbers, eV/Å³, periodic
 only), ``MLIP_<tensor>`` (info, e.g. ``MLIP_dipole`` 3 numbers, ``MLIP_polarizability`` 9 numbers).
 Per atom: ``MLIP_forces`` (arrays, eV/Å), ``MLIP_energies`` (arrays, eV), per-atom tensors as
-``MLIP_<name>`` arrays. The output is written to a temporary file and renamed at the end, so an
-interrupted run leaves no partial output.
+``MLIP_<name>`` arrays; with ``--born-charges`` ``MLIP_born_charges`` (arrays, 9 numbers per atom,
+``Z[i, a, b] = ∂μ_a/∂r_{i,b}`` row-major) and with ``--polarizability-derivatives``
+``MLIP_polarizability_derivatives`` (27 numbers per atom, ``∂α_ab/∂r_{i,c}`` row-major). The output
+is written to a temporary file and renamed at the end, so an interrupted run leaves no partial output.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from mlip.data.reading import check_structure, normalise_pbc, read_atoms
 from mlip.device import select_device
 from mlip.errors import MLIPError, where
 from mlip.io import atomic_write_bytes_via
+from mlip.model.derivatives import derivative_source
 from mlip.model.potential import load_model
 from mlip.outputs import ENERGY, FORCES, NODE_ENERGY, STRESS
 from mlip.outputs import PREDICTION_PREFIX as P
@@ -37,6 +40,34 @@ def check_writable(path: str) -> None:
         raise MLIPError(f"{path}: cannot write (is a directory)")
 
 
+def store_predictions(atoms, values: dict, per_atom: set[str]) -> None:
+    """Write one structure's predictions into ``atoms`` under the ``MLIP_`` keys.
+
+    ``values``: ``energy`` (eV), ``node_energy`` [N], ``forces`` [N, 3], ``stress`` (3×3 or Voigt;
+    written only for cells periodic along x, y and z), and tensors by name (per atom if the name is in
+    ``per_atom``: ``[N, ...]`` flattened to ``[N, k]`` arrays; else flattened into ``info``). Tensors or
+    arrays (numpy or torch) are accepted. Shared by ``mlip predict`` and ``mlip md``.
+    """
+    n = len(atoms)
+    for name, value in values.items():
+        if hasattr(value, "detach"):
+            value = value.detach().cpu().numpy()
+        value = np.asarray(value, dtype=np.float64)
+        if name == ENERGY:
+            atoms.info[P + ENERGY] = float(value)
+        elif name == NODE_ENERGY:
+            atoms.arrays[P + "energies"] = value.reshape(n)
+        elif name == FORCES:
+            atoms.arrays[P + FORCES] = value.reshape(n, 3)
+        elif name == STRESS:
+            if np.all(atoms.pbc):
+                atoms.info[P + STRESS] = value if value.shape == (6,) else full_3x3_to_voigt_6_stress(value)
+        elif name in per_atom:
+            atoms.arrays[P + name] = value.reshape(n, -1)
+        else:
+            atoms.info[P + name] = value.reshape(-1)
+
+
 def run_predict(
     model_path: str,
     data_path: str,
@@ -45,37 +76,40 @@ def run_predict(
     device: str,
     dtype: str,
     progress: bool = True,
+    derivatives: tuple[str, ...] | list[str] = (),
 ) -> None:
-    """Predict every target for every structure of ``data_path`` and write ``output`` (extxyz)."""
+    """Predict every target for every structure of ``data_path`` and write ``output`` (extxyz).
+
+    ``derivatives``: also ``born_charges`` / ``polarizability_derivatives`` (per-atom arrays of 9 / 27
+    numbers, see :mod:`mlip.model.derivatives`).
+    """
     import torch
 
     dev = select_device(device)
     model = load_model(model_path, dev, torch.float64 if dtype == "float64" else torch.float32)
+    for name in derivatives:
+        derivative_source(model, name)  # the model has the dipole / polarizability, else one line
     frames = read_atoms(data_path)
     # Fail fast, before any compute: every structure valid, output location writable.
     known = set(model.species)
     for i, atoms in enumerate(frames):
         check_structure(normalise_pbc(atoms), where(data_path, i), allowed_numbers=known)
     check_writable(output)
-    per_atom = {s.name for s in model.target_specs if s.per_atom}
-    for batch, pred, idx in predict_batches(model, frames, batch_size, dev, data_path, progress=progress):
+    per_atom = {s.name for s in model.target_specs if s.per_atom} | set(derivatives)
+    batches = predict_batches(
+        model, frames, batch_size, dev, data_path, progress=progress, derivatives=derivatives
+    )
+    for batch, pred, idx in batches:
         ptr = batch.ptr.cpu().numpy()
         for k, i in enumerate(idx):
-            atoms = frames[i]
             lo, hi = ptr[k], ptr[k + 1]
-            if ENERGY in pred:
-                atoms.info[P + ENERGY] = float(pred[ENERGY][k])
-                atoms.arrays[P + "energies"] = pred[NODE_ENERGY][lo:hi].cpu().numpy().astype(np.float64)
-            if FORCES in pred:
-                atoms.arrays[P + FORCES] = pred[FORCES][lo:hi].cpu().numpy().astype(np.float64)
-            if STRESS in pred and np.all(atoms.pbc):
-                atoms.info[P + STRESS] = full_3x3_to_voigt_6_stress(pred[STRESS][k].cpu().numpy())
-            for name in model.tensor_target_names:
-                if name in per_atom:
-                    value = pred[name][lo:hi].cpu().numpy().astype(np.float64)
-                    atoms.arrays[P + name] = value.reshape(hi - lo, -1)
-                else:
-                    atoms.info[P + name] = pred[name][k].cpu().numpy().astype(np.float64).reshape(-1)
+            values = {}
+            for name, value in pred.items():
+                if name in (NODE_ENERGY, FORCES) or name in per_atom:
+                    values[name] = value[lo:hi]
+                elif name in (ENERGY, STRESS) or name in model.tensor_target_names:
+                    values[name] = value[k]
+            store_predictions(frames[i], values, per_atom)
     buffer = io.StringIO()
     ase.io.write(buffer, frames, format="extxyz")
     atomic_write_bytes_via(output, lambda handle: handle.write(buffer.getvalue().encode()))

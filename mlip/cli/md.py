@@ -1,0 +1,270 @@
+"""``mlip md MODEL STRUCTURE -o OUT.xyz``: molecular dynamics that records every target of the model.
+
+Velocity Verlet (``--ensemble nve``), Langevin (``nvt``) or the Bussi–Donadio–Parrinello stochastic
+velocity rescaling thermostat (``csvr``, ASE's ``Bussi``). Every ``--record-every`` steps one extxyz
+frame is appended to the output and flushed: positions, momenta, ``md_step``, ``time_fs``,
+``temperature_K`` (info), and the model's predictions under the keys ``mlip predict`` writes
+(``MLIP_energy``, ``MLIP_energies``, ``MLIP_forces``, ``MLIP_stress`` for periodic cells,
+``MLIP_<tensor>``: e.g. ``MLIP_dipole`` and ``MLIP_polarizability`` along the run). A killed run
+leaves the frames written so far; ``--restart OUT.xyz`` continues from its last complete frame
+(positions and momenta; a partly written last frame is dropped) and appends until ``--steps``
+steps in total.
+
+Temperatures: ``--temperature T`` is the thermostat's target (nvt, csvr) or the intended average
+temperature (nve). Initial velocities are drawn (Maxwell–Boltzmann, no centre-of-mass motion, no
+rotation for molecules) at ``--initial-temperature``, by default ``T`` with a thermostat and ``2 T``
+in NVE (near a minimum about half of the kinetic energy goes into potential energy).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import time
+
+import numpy as np
+
+from mlip.errors import MLIPError
+
+ENSEMBLES = ("nve", "nvt", "csvr")
+
+
+def draw_velocities(atoms, temperature_K: float, rng: np.random.Generator) -> None:
+    """Maxwell–Boltzmann momenta at ``temperature_K`` without centre-of-mass motion (and, for
+    molecules, without rotation). Uses ASE's ``thermalize_momenta`` (ASE ≥ 3.29; the older
+    ``MaxwellBoltzmannDistribution`` is deprecated there) and falls back on older ASE."""
+    from ase.md.velocitydistribution import Stationary, ZeroRotation
+
+    try:
+        from ase.md.velocitydistribution import thermalize_momenta
+    except ImportError:  # ASE < 3.29
+        from ase.md.velocitydistribution import MaxwellBoltzmannDistribution as thermalize_momenta
+    thermalize_momenta(atoms, temperature_K=temperature_K, rng=rng)
+    Stationary(atoms)
+    if not any(atoms.pbc):
+        ZeroRotation(atoms)
+
+
+def initial_temperature(ensemble: str, temperature: float, initial: float | None) -> float:
+    """Temperature the initial velocities are drawn at (see the module docstring)."""
+    if initial is not None:
+        return initial
+    return 2.0 * temperature if ensemble == "nve" else temperature
+
+
+def parse_supercell(text: str | None) -> tuple[int, int, int] | None:
+    """``"2,2,1"`` → ``(2, 2, 1)``; ``None`` stays ``None``."""
+    if text is None:
+        return None
+    parts = text.replace("x", ",").split(",")
+    try:
+        reps = tuple(int(p) for p in parts)
+    except ValueError:
+        reps = ()
+    if len(reps) != 3 or min(reps) < 1:
+        raise MLIPError(f"--supercell: expected three positive integers like 2,2,1, got {text!r}")
+    return reps  # type: ignore[return-value]
+
+
+def complete_frames(path: str) -> tuple[int, int]:
+    """``(number of complete extxyz frames, their length in bytes)`` at the start of ``path``.
+
+    A frame is complete when its atom-count line, comment line and every atom line (each ending in a
+    newline) are there; whatever follows the last complete frame is a partly written one.
+    """
+    with open(path, "rb") as handle:
+        data = handle.read()
+    lines = data.split(b"\n")
+    pos, offset, frames = 0, 0, 0
+    while pos < len(lines) - 1:  # the last element is what follows the final newline
+        try:
+            n = int(lines[pos].strip())
+        except ValueError:
+            break
+        end = pos + 2 + n
+        if end > len(lines) - 1:
+            break
+        offset += sum(len(line) + 1 for line in lines[pos:end])
+        pos, frames = end, frames + 1
+    return frames, offset
+
+
+def _restart_state(path: str):
+    """The last complete frame of an ``mlip md`` output (truncating a partly written one)."""
+    import ase.io
+
+    if not os.path.isfile(path):
+        raise MLIPError(f"{path}: restart file not found")
+    frames, offset = complete_frames(path)
+    if frames == 0:
+        raise MLIPError(f"{path}: no complete frame to restart from")
+    if offset < os.path.getsize(path):
+        with open(path, "r+b") as handle:
+            handle.truncate(offset)
+        print(f"mlip: {path}: dropped a partly written last frame", flush=True)
+    try:
+        atoms = ase.io.read(path, index=frames - 1, format="extxyz")
+    except Exception as err:  # one line for the user
+        raise MLIPError(f"{path}: cannot read the last frame ({err})") from None
+    if "md_step" not in atoms.info or "momenta" not in atoms.arrays:
+        raise MLIPError(f"{path}: last frame has no md_step or momenta (not written by mlip md)")
+    step = int(atoms.info["md_step"])
+    atoms.calc = None
+    for key in [k for k in atoms.arrays if k.startswith("MLIP_")]:
+        del atoms.arrays[key]
+    atoms.info = {}
+    return atoms, step, frames
+
+
+def _frame(atoms, calc, step: int, timestep_fs: float):
+    """A copy of ``atoms`` with momenta, step, time, temperature and the model's predictions."""
+    from mlip.cli.predict import store_predictions
+    from mlip.outputs import ENERGY, FORCES, NODE_ENERGY, STRESS
+
+    frame = atoms.copy()
+    frame.calc = None
+    frame.info = {"md_step": int(step), "time_fs": float(step * timestep_fs)}
+    frame.info["temperature_K"] = float(atoms.get_temperature())
+    frame.set_momenta(atoms.get_momenta())
+    values = {}
+    if calc.has_energy:
+        values[ENERGY] = calc.get_property("energy", atoms)
+        values[NODE_ENERGY] = calc.get_property("energies", atoms)
+        values[FORCES] = calc.get_property("forces", atoms)
+        if np.all(atoms.pbc):
+            values[STRESS] = calc.get_property("stress", atoms)
+    for name in calc.tensor_names:
+        values[name] = calc.get_property(name, atoms)
+    store_predictions(frame, values, {s.name for s in calc.model.target_specs if s.per_atom})
+    return frame
+
+
+def _append(handle, frame) -> None:
+    """Append one extxyz frame in a single write and flush it to disk."""
+    import ase.io
+
+    buffer = io.StringIO()
+    ase.io.write(buffer, frame, format="extxyz")
+    handle.write(buffer.getvalue())
+    handle.flush()
+    os.fsync(handle.fileno())
+
+
+def run_md(
+    model_path: str,
+    structure: str | None,
+    output: str | None,
+    steps: int = 1000,
+    timestep: float = 0.5,
+    temperature: float = 300.0,
+    initial_temp: float | None = None,
+    ensemble: str = "nvt",
+    friction: float = 0.01,
+    taut: float = 100.0,
+    index: int = 0,
+    supercell: str | None = None,
+    seed: int = 0,
+    record_every: int = 10,
+    dtype: str = "float64",
+    device: str = "auto",
+    restart: str | None = None,
+    skin: float = 1.0,
+    progress: bool = True,
+) -> None:
+    """Run MD and append a frame to ``output`` every ``record_every`` steps (see the module docstring)."""
+    from ase import units
+    from tqdm import tqdm
+
+    from mlip.calculators.ase_calculator import MLIPCalculator
+    from mlip.cli.predict import check_writable
+    from mlip.data.reading import read_atoms
+
+    if ensemble not in ENSEMBLES:
+        raise MLIPError(f"--ensemble must be one of {', '.join(ENSEMBLES)}, got {ensemble!r}")
+    if steps < 0 or record_every < 1:
+        raise MLIPError(f"--steps must be >= 0 and --record-every >= 1 (got {steps}, {record_every})")
+    if not timestep > 0 or not temperature >= 0 or not friction >= 0 or not taut > 0:
+        raise MLIPError("--timestep and --taut must be > 0, --temperature and --friction >= 0")
+    if restart is None and structure is None:
+        raise MLIPError("give a STRUCTURE file, or --restart OUT.xyz to continue a run")
+    output = output or restart
+    if output is None:
+        raise MLIPError("give the output file with -o OUT.xyz")
+    check_writable(output)
+    reps = parse_supercell(supercell)
+
+    if restart is not None:
+        atoms, start_step, frames = _restart_state(restart)
+        if os.path.abspath(restart) != os.path.abspath(output):
+            frames = 0
+        rng = np.random.default_rng([seed, start_step])  # a restart at step s draws the same noise
+        print(f"mlip: md: continuing {restart} from step {start_step}", flush=True)
+    else:
+        structures = read_atoms(structure)
+        if not -len(structures) <= index < len(structures):
+            raise MLIPError(f"{structure}: --index {index} out of range ({len(structures)} structures)")
+        atoms = structures[index]
+        atoms.calc = None
+        if reps:
+            atoms = atoms.repeat(reps)
+        start_step, frames = 0, 0
+        rng = np.random.default_rng(seed)
+    calc = MLIPCalculator(model_path, device=device, dtype=dtype, skin=skin)
+    if not calc.has_energy:
+        raise MLIPError(f"{model_path}: the model has no energy target, so it gives no forces for MD")
+    atoms.calc = calc
+    if restart is None:
+        start_t = initial_temperature(ensemble, temperature, initial_temp)
+        draw_velocities(atoms, start_t, rng)
+        print(f"mlip: md: {ensemble.upper()}, initial velocities drawn at {start_t:.1f} K", flush=True)
+
+    dt = timestep * units.fs
+    if ensemble == "nve":
+        from ase.md.verlet import VelocityVerlet
+
+        dyn = VelocityVerlet(atoms, dt)
+    elif ensemble == "nvt":
+        from ase.md.langevin import Langevin
+
+        dyn = Langevin(
+            atoms, dt, temperature_K=temperature, friction=friction / units.fs, rng=rng, fixcm=False
+        )
+    else:
+        try:
+            from ase.md.bussi import Bussi
+        except ImportError:  # ASE < 3.23
+            raise MLIPError("--ensemble csvr needs ASE >= 3.23 (ase.md.bussi)") from None
+        dyn = Bussi(atoms, dt, temperature_K=temperature, taut=taut * units.fs, rng=rng)
+
+    remaining = max(0, steps - start_step)
+    mode = "a" if restart is not None and frames else "w"
+    step = start_step
+    start = time.perf_counter()
+    with open(output, mode) as handle:
+        if restart is None:
+            _append(handle, _frame(atoms, calc, step, timestep))
+            frames += 1
+        bar = tqdm(total=remaining, disable=not progress, desc="md", unit="step")
+        while step < steps:
+            n = min(record_every - step % record_every, steps - step)
+            dyn.run(n)
+            step += n
+            bar.update(n)
+            frame = _frame(atoms, calc, step, timestep)
+            if step % record_every == 0 or step == steps:
+                _append(handle, frame)
+                frames += 1
+            epot = frame.info.get("MLIP_energy", float("nan"))
+            etot = epot + atoms.get_kinetic_energy()
+            t = frame.info["temperature_K"]
+            if progress:
+                bar.set_postfix(T=f"{t:.1f} K", Epot=f"{epot:.4f}", Etot=f"{etot:.4f}")
+            else:
+                print(f"step {step:8d}  T {t:8.1f} K  Epot {epot:.6f} eV  Etot {etot:.6f} eV", flush=True)
+        bar.close()
+    elapsed = time.perf_counter() - start
+    print(
+        f"mlip: md: {remaining} steps of {len(atoms)} atoms in {elapsed:.1f} s "
+        f"({1000 * elapsed / max(remaining, 1):.2f} ms/step); {frames} frames in {output}",
+        flush=True,
+    )
