@@ -1,14 +1,25 @@
-"""Vibrational spectra from a model: IR from an MD dipole trajectory, harmonic modes and IR intensities.
+"""Vibrational spectra from a model: IR and Raman from MD trajectories, harmonic modes, IR and Raman.
 
 * :func:`ir_spectrum_from_dipoles`: the IR line shape from the autocorrelation of the dipole's time
   derivative along MD (``mlip md`` records ``MLIP_dipole`` per frame), windowed and Fourier
   transformed. Anharmonic and temperature dependent, in arbitrary units (classical, no quantum
   correction). Invariant under rotating the trajectory (it uses ``Σ_a μ̇_a(0) μ̇_a(t)``).
+* :func:`raman_spectrum_from_polarizabilities`: isotropic and anisotropic Raman line shapes from the
+  autocorrelations of the time derivatives of the polarizability's isotropic part (trace/3) and of
+  its anisotropic (symmetric traceless) part along MD (``MLIP_polarizability``), same conventions.
+* ``quantum_correction="harmonic"`` (both MD spectra): the classical line shape times the harmonic
+  quantum-correction factor ``βħω / (1 − exp(−βħω))`` at ``temperature`` (Ramírez et al., J. Chem.
+  Phys. 121, 3973 (2004)); it restores detailed balance and weights high frequencies up.
 * :func:`harmonic_modes`: harmonic frequencies (cm⁻¹) from the finite-difference Hessian of the
-  calculator's forces, and IR intensities (km/mol) from its Born charges
-  (``get_property("born_charges")``; exact autograd derivatives for an mlip model with a dipole).
+  calculator's forces, IR intensities (km/mol) from its Born charges
+  (``get_property("born_charges")``; exact autograd derivatives for an mlip model with a dipole)
+  and Raman activities (Å⁴/amu) from its polarizability derivatives
+  (``get_property("polarizability_derivatives")``), see :func:`raman_activities`.
+* :func:`rigid_body_modes`, :func:`broadened`: which modes are translations/rotations, and
+  Lorentzian-broadened stick spectra.
 
-No mlip imports: any ASE calculator with ``forces`` (and ``born_charges`` for intensities) works.
+No mlip imports but :mod:`mlip.errors`: any ASE calculator with ``forces`` (and ``born_charges`` /
+``polarizability_derivatives`` for intensities) works.
 """
 
 from __future__ import annotations
@@ -24,42 +35,24 @@ HESSIAN_TO_WAVENUMBER = np.sqrt(_EV / (_ANGSTROM**2 * _AMU)) / (2 * np.pi * SPEE
 # |dμ/dQ|² in e²/amu → IR intensity in km/mol: N_A π / (3 c²) · (4πε₀)⁻¹ in SI (≈ 974.86)
 _NA, _C, _E, _EPS0 = 6.02214076e23, 2.99792458e8, 1.602176634e-19, 8.8541878128e-12
 IR_INTENSITY_KM_MOL = _NA * np.pi / (3 * _C**2) / (4 * np.pi * _EPS0) * _E**2 / _AMU / 1e3
+# ħ·2πc/k_B: K per cm⁻¹ (hc/k_B = 1.4388 cm·K)
+_HC_OVER_KB_CM_K = 6.62607015e-34 * SPEED_OF_LIGHT_CM_S / 1.380649e-23
+QUANTUM_CORRECTIONS = (None, "none", "harmonic")
 
 
-def ir_spectrum_from_dipoles(
-    dipoles: np.ndarray,
+def _derivative_acf_spectrum(
+    series: np.ndarray,
     timestep_fs: float,
-    max_lag_fs: float | None = None,
-    window: str = "hann",
-    zero_pad: int = 4,
+    max_lag_fs: float | None,
+    window: str,
+    zero_pad: int,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """IR spectrum from a dipole time series.
-
-    Args:
-        dipoles: ``[T, 3]`` dipole per frame (any unit), frames ``timestep_fs`` apart.
-        timestep_fs: time between frames, fs (the MD time step × ``--record-every``).
-        max_lag_fs: longest correlation time kept (default: half the trajectory).
-        window: ``hann`` (default) or ``none``: applied to the correlation function, it tapers the
-            lags to zero so the spectrum has no truncation ripples.
-        zero_pad: the transform length is this many times the kept lags (a finer frequency grid).
-
-    Returns:
-        ``(wavenumbers in cm⁻¹, intensity)``: the cosine transform of the windowed autocorrelation
-        ``C(τ) = ⟨μ̇(t)·μ̇(t+τ)⟩_t`` of the time derivative (central differences); arbitrary units,
-        ``I(ν) ∝ ν² |μ̂(ν)|²``.
-    """
-    mu = np.asarray(dipoles, dtype=np.float64)
-    if mu.ndim != 2 or mu.shape[1] != 3 or mu.shape[0] < 4:
-        raise MLIPError(f"dipoles must have shape [T >= 4, 3], got {mu.shape}")
-    if not timestep_fs > 0:
-        raise MLIPError(f"timestep_fs must be > 0, got {timestep_fs!r}")
-    if window not in ("hann", "none"):
-        raise MLIPError(f"window must be hann or none, got {window!r}")
-    n = mu.shape[0]
-    mudot = np.gradient(mu, timestep_fs, axis=0)
-    mudot = mudot - mudot.mean(axis=0)
+    """Cosine transform of the windowed ``Σ_k ⟨ẋ_k(t) ẋ_k(t+τ)⟩_t`` of a ``[T, K]`` series."""
+    n = series.shape[0]
+    xdot = np.gradient(series, timestep_fs, axis=0)
+    xdot = xdot - xdot.mean(axis=0)
     nfft = 1 << int(np.ceil(np.log2(2 * n)))
-    f = np.fft.rfft(mudot, nfft, axis=0)
+    f = np.fft.rfft(xdot, nfft, axis=0)
     acf = np.fft.irfft((f * f.conj()).real.sum(axis=1), nfft)[:n] / (n - np.arange(n))  # unbiased
     m = n // 2 if max_lag_fs is None else int(min(n, max(2, round(max_lag_fs / timestep_fs))))
     acf = acf[:m]
@@ -72,6 +65,128 @@ def ir_spectrum_from_dipoles(
     intensity = np.fft.rfft(even).real * timestep_fs
     wavenumbers = np.fft.rfftfreq(length, d=timestep_fs * 1e-15) / SPEED_OF_LIGHT_CM_S
     return wavenumbers, intensity
+
+
+def _check_common(timestep_fs, window, quantum_correction, temperature) -> None:
+    if not timestep_fs > 0:
+        raise MLIPError(f"timestep_fs must be > 0, got {timestep_fs!r}")
+    if window not in ("hann", "none"):
+        raise MLIPError(f"window must be hann or none, got {window!r}")
+    if quantum_correction not in QUANTUM_CORRECTIONS:
+        raise MLIPError(f"quantum_correction must be None or 'harmonic', got {quantum_correction!r}")
+    if quantum_correction == "harmonic" and not (temperature is not None and temperature > 0):
+        raise MLIPError("the harmonic quantum correction needs a temperature > 0 (K)")
+
+
+def quantum_correction_factor(wavenumbers: np.ndarray, temperature: float) -> np.ndarray:
+    """Harmonic quantum-correction factor ``x / (1 − e^{−x})``, ``x = βħω = hcν̃/(k_B T)`` (1 at ν̃ = 0).
+
+    Multiplying a classical (symmetric) correlation spectrum by it gives the harmonic quantum
+    spectrum (Ramírez, López-Ciudad, Kumar, Marx, J. Chem. Phys. 121, 3973 (2004)).
+    """
+    x = _HC_OVER_KB_CM_K * np.asarray(wavenumbers, dtype=np.float64) / temperature
+    out = np.ones_like(x)
+    nz = np.abs(x) > 1e-12
+    out[nz] = x[nz] / -np.expm1(-x[nz])
+    return out
+
+
+def ir_spectrum_from_dipoles(
+    dipoles: np.ndarray,
+    timestep_fs: float,
+    max_lag_fs: float | None = None,
+    window: str = "hann",
+    zero_pad: int = 4,
+    quantum_correction: str | None = None,
+    temperature: float | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """IR spectrum from a dipole time series.
+
+    Args:
+        dipoles: ``[T, 3]`` dipole per frame (any unit), frames ``timestep_fs`` apart.
+        timestep_fs: time between frames, fs (the MD time step × ``--record-every``).
+        max_lag_fs: longest correlation time kept (default: half the trajectory).
+        window: ``hann`` (default) or ``none``: applied to the correlation function, it tapers the
+            lags to zero so the spectrum has no truncation ripples.
+        zero_pad: the transform length is this many times the kept lags (a finer frequency grid).
+        quantum_correction: ``None`` (classical line shape) or ``"harmonic"``: times
+            :func:`quantum_correction_factor` at ``temperature`` (K).
+
+    Returns:
+        ``(wavenumbers in cm⁻¹, intensity)``: the cosine transform of the windowed autocorrelation
+        ``C(τ) = ⟨μ̇(t)·μ̇(t+τ)⟩_t`` of the time derivative (central differences); arbitrary units,
+        ``I(ν) ∝ ν² |μ̂(ν)|²``.
+    """
+    mu = np.asarray(dipoles, dtype=np.float64)
+    if mu.ndim != 2 or mu.shape[1] != 3 or mu.shape[0] < 4:
+        raise MLIPError(f"dipoles must have shape [T >= 4, 3], got {mu.shape}")
+    _check_common(timestep_fs, window, quantum_correction, temperature)
+    nu, intensity = _derivative_acf_spectrum(mu, timestep_fs, max_lag_fs, window, zero_pad)
+    if quantum_correction == "harmonic":
+        intensity = intensity * quantum_correction_factor(nu, temperature)
+    return nu, intensity
+
+
+def polarizability_parts(alphas: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``[T, 3, 3]`` (or ``[T, 9]``) → isotropic ``a = tr α / 3`` ``[T]`` and anisotropic part
+    ``β = (α + αᵀ)/2 − a·I`` ``[T, 3, 3]`` (symmetric, traceless)."""
+    alpha = np.asarray(alphas, dtype=np.float64)
+    if alpha.ndim == 2 and alpha.shape[1] == 9:
+        alpha = alpha.reshape(-1, 3, 3)
+    if alpha.ndim != 3 or alpha.shape[1:] != (3, 3):
+        raise MLIPError(f"polarizabilities must have shape [T, 3, 3] or [T, 9], got {alpha.shape}")
+    sym = 0.5 * (alpha + alpha.transpose(0, 2, 1))
+    iso = np.trace(sym, axis1=1, axis2=2) / 3.0
+    return iso, sym - iso[:, None, None] * np.eye(3)
+
+
+def raman_spectrum_from_polarizabilities(
+    alphas: np.ndarray,
+    timestep_fs: float,
+    max_lag_fs: float | None = None,
+    window: str = "hann",
+    zero_pad: int = 4,
+    quantum_correction: str | None = None,
+    temperature: float | None = None,
+) -> dict[str, np.ndarray]:
+    """Raman spectra from a polarizability time series (same conventions as the IR function).
+
+    With ``a(t) = tr α / 3`` and ``β(t)`` the symmetric traceless part (:func:`polarizability_parts`):
+
+    * ``isotropic``: cosine transform of the windowed ``⟨ȧ(t) ȧ(t+τ)⟩_t``;
+    * ``anisotropic``: that of ``(3/2) ⟨Σ_ab β̇_ab(t) β̇_ab(t+τ)⟩_t`` (the ``γ²`` invariant's
+      correlation, ``γ² = (3/2) β:β``);
+    * ``polarized`` = ``isotropic + (4/45) anisotropic`` (parallel polarizations, ⟨α_xx α_xx⟩) and
+      ``depolarized`` = ``anisotropic / 15`` (crossed, ⟨α_xy α_xy⟩), the orientational averages of a
+      liquid or gas (D. A. Long, *The Raman Effect*, Wiley 2002, ch. 5); ``total`` = polarized +
+      depolarized = ``isotropic + (7/45) anisotropic``, which matches the harmonic activity
+      ``45 a'² + 7 γ'²`` up to the factor 45.
+
+    Classical line shapes in arbitrary units (no laser-frequency or Bose–Einstein factor), invariant
+    under rotating the trajectory; ``quantum_correction="harmonic"`` as for IR.
+
+    Returns:
+        a dict of ``wavenumbers`` (cm⁻¹) and the five intensities above, each ``[F]``.
+    """
+    iso, aniso = polarizability_parts(alphas)
+    if iso.shape[0] < 4:
+        raise MLIPError(f"polarizabilities: need at least 4 frames, got {iso.shape[0]}")
+    _check_common(timestep_fs, window, quantum_correction, temperature)
+    nu, s_iso = _derivative_acf_spectrum(iso[:, None], timestep_fs, max_lag_fs, window, zero_pad)
+    _, s_aniso = _derivative_acf_spectrum(aniso.reshape(-1, 9), timestep_fs, max_lag_fs, window, zero_pad)
+    s_aniso = 1.5 * s_aniso
+    if quantum_correction == "harmonic":
+        qcf = quantum_correction_factor(nu, temperature)
+        s_iso, s_aniso = s_iso * qcf, s_aniso * qcf
+    polarized, depolarized = s_iso + 4.0 / 45.0 * s_aniso, s_aniso / 15.0
+    return {
+        "wavenumbers": nu,
+        "isotropic": s_iso,
+        "anisotropic": s_aniso,
+        "polarized": polarized,
+        "depolarized": depolarized,
+        "total": polarized + depolarized,
+    }
 
 
 def hessian(calc, atoms, delta: float = 0.005) -> np.ndarray:
@@ -91,14 +206,85 @@ def hessian(calc, atoms, delta: float = 0.005) -> np.ndarray:
     return 0.5 * (h + h.T)
 
 
-def harmonic_modes(calc, atoms, delta: float = 0.005, intensities: bool = True) -> dict[str, np.ndarray]:
+def ir_intensities(born_charges: np.ndarray, modes: np.ndarray) -> np.ndarray:
+    """IR intensities (km/mol) of ``modes`` ``[M, N, 3]`` (1/√amu) from Born charges ``[N, 3, 3]`` (e):
+    ``974.9 |dμ/dQ|²`` with ``dμ_a/dQ = Σ_ib Z_iab · mode_ib``."""
+    dmu_dq = np.einsum("iab,kib->ka", np.asarray(born_charges, dtype=np.float64), modes)  # e/√amu
+    return IR_INTENSITY_KM_MOL * (dmu_dq**2).sum(axis=1)
+
+
+def raman_invariants(dalpha_dq: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(a', γ'²)`` of ``[M, 3, 3]`` polarizability derivatives along normal modes (symmetrised).
+
+    ``a' = (α'_xx + α'_yy + α'_zz)/3`` and ``γ'² = ½[(α'_xx − α'_yy)² + (α'_yy − α'_zz)² +
+    (α'_zz − α'_xx)² + 6(α'_xy² + α'_yz² + α'_zx²)]`` (= (3/2) β':β' for the traceless part β').
+    """
+    d = np.asarray(dalpha_dq, dtype=np.float64)
+    d = 0.5 * (d + d.transpose(0, 2, 1))
+    xx, yy, zz = d[:, 0, 0], d[:, 1, 1], d[:, 2, 2]
+    a = (xx + yy + zz) / 3.0
+    gamma2 = 0.5 * ((xx - yy) ** 2 + (yy - zz) ** 2 + (zz - xx) ** 2) + 3.0 * (
+        d[:, 0, 1] ** 2 + d[:, 1, 2] ** 2 + d[:, 2, 0] ** 2
+    )
+    return a, gamma2
+
+
+def raman_activities(polarizability_derivatives: np.ndarray, modes: np.ndarray) -> np.ndarray:
+    """Raman activities ``S = 45 a'² + 7 γ'²`` (Å⁴/amu for α in Å³) of ``modes`` ``[M, N, 3]`` (1/√amu).
+
+    ``polarizability_derivatives``: ``[N, 3, 3, 3]`` = ``∂α_ab/∂r_{i,c}`` (Å²);
+    ``dα_ab/dQ = Σ_ic P_iabc · mode_ic``, and ``a'``, ``γ'²`` its invariants (:func:`raman_invariants`).
+    The usual Raman activity of quantum-chemistry codes (Gaussian, ORCA): Porezag & Pederson,
+    Phys. Rev. B 54, 7830 (1996), eq. 4; D. A. Long, *The Raman Effect* (Wiley, 2002).
+    """
+    p = np.asarray(polarizability_derivatives, dtype=np.float64)
+    dalpha_dq = np.einsum("iabc,kic->kab", p, modes)
+    a, gamma2 = raman_invariants(dalpha_dq)
+    return 45.0 * a**2 + 7.0 * gamma2
+
+
+def rigid_body_modes(atoms, frequencies: np.ndarray) -> np.ndarray:
+    """Boolean ``[3N]`` mask of the translations and rotations among ``frequencies`` (ascending,
+    from :func:`harmonic_modes`): the 6 (5 for a linear molecule, 3 for a periodic cell) closest to
+    zero. With a converged relaxation these are ≈ 0 cm⁻¹ and the rest are the vibrations."""
+    n = len(atoms)
+    if any(atoms.pbc):
+        count = 3
+    elif n == 1:
+        count = 3
+    else:
+        centred = atoms.positions - atoms.get_center_of_mass()
+        _, s, _ = np.linalg.svd(centred, full_matrices=False)
+        count = 5 if n == 2 or s[1] < 1e-3 * max(s[0], 1e-12) else 6
+    count = min(count, 3 * n)
+    mask = np.zeros(len(frequencies), dtype=bool)
+    mask[np.argsort(np.abs(frequencies))[:count]] = True
+    return mask
+
+
+def broadened(
+    frequencies: np.ndarray, intensities: np.ndarray, grid: np.ndarray, width: float = 10.0
+) -> np.ndarray:
+    """Lorentzian-broadened stick spectrum on ``grid``: ``Σ_k I_k L(ν − ν_k)`` with area-normalised
+    Lorentzians of full width at half maximum ``width`` (cm⁻¹); units: intensity per cm⁻¹."""
+    if not width > 0:
+        raise MLIPError(f"width must be > 0, got {width!r}")
+    g = 0.5 * width
+    diff = np.asarray(grid, dtype=np.float64)[:, None] - np.asarray(frequencies)[None, :]
+    return (g / np.pi / (diff**2 + g**2)) @ np.asarray(intensities, dtype=np.float64)
+
+
+def harmonic_modes(
+    calc, atoms, delta: float = 0.005, intensities: bool = True, raman: bool = False
+) -> dict[str, np.ndarray]:
     """Harmonic normal modes of ``atoms`` (at a minimum: relax first) with ``calc``.
 
     Returns a dict with ``frequencies`` ``[3N]`` (cm⁻¹, ascending; imaginary frequencies as negative
-    numbers; for a molecule the first 6, or 5 if linear, are translations and rotations, ≈ 0),
-    ``modes`` ``[3N, N, 3]`` (Cartesian displacements per unit mass-weighted normal coordinate,
-    1/√amu) and, if ``intensities``, ``ir_intensities`` ``[3N]`` (km/mol, from the Born charges
-    ``Z`` in e: ``974.9 |Σ_i Z_i · mode_i|²``; the dipole must be in e·Å).
+    numbers; for a molecule 6, or 5 if linear, are translations and rotations, ≈ 0: see
+    :func:`rigid_body_modes`), ``modes`` ``[3N, N, 3]`` (Cartesian displacements per unit
+    mass-weighted normal coordinate, 1/√amu), if ``intensities`` ``ir_intensities`` ``[3N]`` (km/mol,
+    from the Born charges ``Z`` in e: ``974.9 |Σ_i Z_i · mode_i|²``; the dipole must be in e·Å) and,
+    if ``raman``, ``raman_activities`` ``[3N]`` (Å⁴/amu, :func:`raman_activities`; α in Å³).
     """
     masses = atoms.get_masses()
     n = len(atoms)
@@ -108,10 +294,12 @@ def harmonic_modes(calc, atoms, delta: float = 0.005, intensities: bool = True) 
     frequencies = np.sign(values) * np.sqrt(np.abs(values)) * HESSIAN_TO_WAVENUMBER
     modes = (vectors * inv_sqrt_m[:, None]).T.reshape(3 * n, n, 3)
     out = {"frequencies": frequencies, "modes": modes}
+    probe = atoms.copy()
+    probe.calc = calc
     if intensities:
-        probe = atoms.copy()
-        probe.calc = calc
         born = np.asarray(calc.get_property("born_charges", probe)).reshape(n, 3, 3)
-        dmu_dq = np.einsum("iab,kib->ka", born, modes)  # e/√amu
-        out["ir_intensities"] = IR_INTENSITY_KM_MOL * (dmu_dq**2).sum(axis=1)
+        out["ir_intensities"] = ir_intensities(born, modes)
+    if raman:
+        derivs = np.asarray(calc.get_property("polarizability_derivatives", probe)).reshape(n, 3, 3, 3)
+        out["raman_activities"] = raman_activities(derivs, modes)
     return out
