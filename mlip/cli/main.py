@@ -1,4 +1,5 @@
-"""``mlip`` command: train / preprocess / eval / predict / md / plot; user errors become one line."""
+"""``mlip`` command: train / preprocess / eval / predict / md / vibrations / spectrum / plot; user errors
+become one line."""
 
 from __future__ import annotations
 
@@ -121,6 +122,47 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", default="float64", choices=["float32", "float64"])
     p.add_argument("--no-progress", action="store_true", help="a line per frame instead of a progress bar")
 
+    p = sub.add_parser(
+        "vibrations",
+        help="harmonic frequencies, IR intensities and Raman activities of a structure (CSV, PNG)",
+        description="Harmonic modes from the model's Hessian (finite differences of its forces, float64), "
+        "IR intensities (km/mol) from its Born charges if it has a dipole, Raman activities (Å⁴/amu) from "
+        "its polarizability derivatives if it has a polarizability. Rigid-body modes are flagged "
+        "(rigid_body = 1 in the CSV) and left out of the table and the plot.",
+    )
+    p.add_argument("model", help="model.pt written by mlip train")
+    p.add_argument("structure", help="structure file")
+    p.add_argument("-o", "--output", required=True, help="output CSV, one row per mode")
+    p.add_argument("--index", type=int, default=0, help="frame of STRUCTURE (default 0)")
+    p.add_argument("--relax", action="store_true", help="relax with ASE BFGS first")
+    p.add_argument("--fmax", type=float, default=0.01, help="relaxation force threshold, eV/Å (default 0.01)")
+    p.add_argument("--relax-steps", type=int, default=1000, help="most BFGS steps (default 1000)")
+    p.add_argument("--delta", type=float, default=0.005, help="finite-difference step, Å (default 0.005)")
+    p.add_argument("--plot", metavar="PNG", default=None, help="also draw broadened IR/Raman stick spectra")
+    p.add_argument("--width", type=float, default=10.0, help="Lorentzian FWHM of the plot, cm⁻¹ (default 10)")
+    p.add_argument("--device", default="auto")
+
+    p = sub.add_parser(
+        "spectrum",
+        help="IR or Raman spectrum of mlip md trajectories (dipole / polarizability autocorrelation)",
+        description="IR (from MLIP_dipole) or Raman (from MLIP_polarizability) spectrum of one or more "
+        "trajectories written by mlip md, averaged; the time step comes from the frames' time_fs.",
+    )
+    p.add_argument("trajectories", nargs="+", help="extxyz trajectories (same time step)")
+    p.add_argument("-o", "--output", required=True, help="output CSV")
+    p.add_argument("--kind", default="ir", choices=["ir", "raman"])
+    p.add_argument("--key", default=None, help="label key (default MLIP_dipole / MLIP_polarizability)")
+    p.add_argument(
+        "--timestep", "--timestep-fs", type=float, default=None, help="fs between frames (default: time_fs)"
+    )
+    p.add_argument("--max-lag", type=float, default=None, help="longest correlation time, fs (default T/2)")
+    p.add_argument("--window", default="hann", choices=["hann", "none"])
+    p.add_argument("--zero-pad", type=int, default=4, help="transform length / kept lags (default 4)")
+    p.add_argument("--quantum-correction", default="none", choices=["none", "harmonic"])
+    p.add_argument("--temperature", type=float, default=None, help="K, for --quantum-correction harmonic")
+    p.add_argument("--max-wavenumber", type=float, default=5000.0, help="cm⁻¹ written (default 5000)")
+    p.add_argument("--plot", metavar="PNG", default=None, help="also write a plot")
+
     p = sub.add_parser("plot", help="learning curve of a training run (from RUN_DIR/metrics.csv)")
     p.add_argument("run_dir", help="output_dir of mlip train")
     p.add_argument("-o", "--output", default=None, help="PNG file (default RUN_DIR/learning_curve.png)")
@@ -192,6 +234,39 @@ def main(argv: list[str] | None = None) -> int:
                 restart=args.restart,
                 skin=args.skin,
                 progress=not args.no_progress,
+            )
+        elif args.command == "vibrations":
+            from mlip.cli.vibrations import run_vibrations
+
+            run_vibrations(
+                args.model,
+                args.structure,
+                args.output,
+                index=args.index,
+                relax=args.relax,
+                fmax=args.fmax,
+                relax_steps=args.relax_steps,
+                delta=args.delta,
+                plot=args.plot,
+                width=args.width,
+                device=args.device,
+            )
+        elif args.command == "spectrum":
+            from mlip.cli.spectrum import run_spectrum
+
+            run_spectrum(
+                args.trajectories,
+                args.output,
+                kind=args.kind,
+                timestep=args.timestep,
+                key=args.key,
+                plot=args.plot,
+                max_lag=args.max_lag,
+                window=args.window,
+                zero_pad=args.zero_pad,
+                quantum_correction=args.quantum_correction,
+                temperature=args.temperature,
+                max_wavenumber=args.max_wavenumber,
             )
         elif args.command == "plot":
             from mlip.cli.plot import run_plot
