@@ -92,9 +92,10 @@ def compute_spectrum(
             out = {"wavenumbers": nu, "intensity": intensity}
         else:
             out = raman_spectrum_from_polarizabilities(values, dt, **common)
+        total["wavenumbers"] = out.pop("wavenumbers")  # the same grid for every trajectory
         for name, value in out.items():
-            total[name] = total.get(name, 0.0) + value
-    return {name: value if name == "wavenumbers" else value / len(series) for name, value in total.items()}
+            total[name] = total.get(name, 0.0) + value / len(series)
+    return total
 
 
 def plot_spectrum(spectrum: dict, kind: str, path: str, title: str = ""):
