@@ -14,6 +14,15 @@ DATA = ROOT / "data"
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 
+def perturb_weights(model: torch.nn.Module, noise: float) -> torch.nn.Module:
+    """Add N(0, noise²) to every parameter in place (torch's global RNG), so that a randomly
+    initialised model depends strongly on the structure (an untrained one is nearly flat)."""
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(noise * torch.randn_like(p))
+    return model
+
+
 def tiny_raw_config(output_dir: Path, **overrides) -> dict:
     """A small, fast config on the shipped ethanol data."""
     raw = {

@@ -14,7 +14,7 @@ from mlip import MLIPCalculator
 from mlip.data.graph import atoms_to_graph
 from mlip.errors import MLIPError
 from mlip.model.potential import MLIPModel, load_model
-from tests.conftest import DATA
+from tests.conftest import DATA, perturb_weights
 
 
 @pytest.fixture(scope="module")
@@ -55,9 +55,7 @@ def test_repeated_calls_are_consistent(trained_run, ethanol):
 
 def test_periodic_stress_and_cell_changes():
     model = MLIPModel([6], cutoff=3.0, backbone=dict(channels=8, lmax=2, num_layers=1)).double()
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.3 * torch.randn_like(p))
+    perturb_weights(model, 0.3)
     atoms = bulk("C", "diamond", a=3.57).repeat((2, 1, 1))
     atoms.rattle(0.05, seed=1)
     atoms.calc = MLIPCalculator(model, device="cpu")
@@ -147,9 +145,7 @@ def _random_model(seed: int = 0) -> MLIPModel:
         backbone=dict(channels=8, num_layers=2, lmax=2, num_radial=4, radial_hidden=8),
         readout_hidden=8,
     )
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.1 * torch.randn_like(p))
+    perturb_weights(model, 0.1)
     return model
 
 

@@ -15,6 +15,7 @@ from ase import Atoms
 from mlip import MLIPCalculator
 from mlip.errors import MLIPError
 from mlip.model.potential import MLIPModel
+from tests.conftest import perturb_weights
 
 TARGETS = [
     {"name": "energy", "kind": "energy", "key": "energy"},
@@ -35,9 +36,7 @@ def tensor_model(targets=TARGETS, seed: int = 0) -> MLIPModel:
         readout_hidden=8,
         tensor=dict(num_vectors=4, hidden=8),
     ).double()
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.2 * torch.randn_like(p))
+    perturb_weights(model, 0.2)
     return model.eval()
 
 

@@ -14,7 +14,7 @@ from ase.md.verlet import VelocityVerlet
 from mlip import MLIPCalculator
 from mlip.errors import MLIPError
 from mlip.model.potential import MLIPModel
-from tests.conftest import DATA
+from tests.conftest import DATA, perturb_weights
 
 TOL = 1e-10
 
@@ -27,9 +27,7 @@ def _model(cutoff: float = 4.0, seed: int = 0, noise: float = 0.2) -> MLIPModel:
         backbone=dict(channels=8, lmax=2, num_layers=2, radial_hidden=8, avg_num_neighbours=8.0),
         readout_hidden=8,
     ).double()
-    with torch.no_grad():  # a structure-sensitive energy (an untrained model is nearly flat)
-        for p in model.parameters():
-            p.add_(noise * torch.randn_like(p))
+    perturb_weights(model, noise)
     return model.eval()
 
 

@@ -22,6 +22,7 @@ from mlip.data.graph import atoms_to_graph
 from mlip.model import backbone
 from mlip.model.potential import MLIPModel
 from mlip.model.spherical import spherical_harmonics
+from tests.conftest import perturb_weights
 
 _ORIGINAL_BUILD = backbone.PaddedEdges.build
 
@@ -54,9 +55,7 @@ def _model() -> MLIPModel:
         ),
         readout_hidden=8,
     ).double()
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.1 * torch.randn_like(p))
+    perturb_weights(model, 0.1)
     return model
 
 

@@ -18,6 +18,7 @@ from torch_geometric.data import Batch
 from mlip.data.graph import atoms_to_graph
 from mlip.model import backbone
 from mlip.model.potential import MLIPModel
+from tests.conftest import perturb_weights
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device visible")
 
@@ -43,9 +44,7 @@ def _model(architecture: str) -> MLIPModel:
         backbone=dict(channels=16, lmax=3, radial_hidden=16, avg_num_neighbours=8.0, **extra),
         tensor=dict(num_vectors=4, hidden=12),
     ).double()
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.1 * torch.randn_like(p))
+    perturb_weights(model, 0.1)
     return model.eval()
 
 

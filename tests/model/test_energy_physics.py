@@ -18,6 +18,7 @@ from torch_geometric.data import Batch
 
 from mlip.data.graph import atoms_to_graph
 from mlip.model.potential import MLIPModel
+from tests.conftest import perturb_weights
 
 CUTOFF = 5.0
 SPECIES = [1, 6, 8]
@@ -46,9 +47,8 @@ def _make_model(
         ),
         readout_hidden=16,
     ).double()
+    perturb_weights(model, noise)
     with torch.no_grad():
-        for p in model.parameters():
-            p.add_(noise * torch.randn_like(p))
         model.scale.fill_(1.0)
         model.shift.fill_(0.1)
     return model.eval()

@@ -12,6 +12,7 @@ from torch_geometric.data import Batch
 from mlip.data.graph import atoms_to_graph
 from mlip.model.potential import MLIPModel
 from mlip.model.spherical import wigner_d
+from tests.conftest import perturb_weights
 
 LAMS = [0, 1, 2, 3, 4]
 ALL_IRREPS = [[lam, sig] for lam in LAMS for sig in (1, -1)]
@@ -42,9 +43,7 @@ def make_model(lmax: int = 3, **backbone) -> MLIPModel:
         backbone=dict(channels=12, lmax=lmax, num_layers=2, num_radial=6, radial_hidden=12, **backbone),
         tensor=dict(num_vectors=4, hidden=12),
     ).double()
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.1 * torch.randn_like(p))
+    perturb_weights(model, 0.1)
     return model.eval()
 
 

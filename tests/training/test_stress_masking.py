@@ -25,7 +25,7 @@ from mlip.training.config import load_config
 from mlip.training.loss import weighted_loss
 from mlip.training.metrics import MetricsAccumulator
 from mlip.training.trainer import prepare_data, train
-from tests.conftest import DATA, tiny_raw_config
+from tests.conftest import DATA, perturb_weights, tiny_raw_config
 
 SPECS = [
     TargetSpec("energy", "energy", "REF_energy"),
@@ -44,9 +44,7 @@ def _model() -> MLIPModel:
         backbone=dict(channels=8, num_layers=1, lmax=2, num_radial=4, radial_hidden=8),
         readout_hidden=8,
     ).double()
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.1 * torch.randn_like(p))
+    perturb_weights(model, 0.1)
     return model
 
 
