@@ -54,11 +54,14 @@ SIZE_ORDER = ("small", "medium", "default", "large")
 
 
 def order_key(key: tuple) -> tuple:
-    """Sort (code, size, ...) keys as mlip, MACE, SOAP-BPNN, PET; sizes small → large."""
+    """Sort (code, size, ...) keys as mlip, MACE, SOAP-BPNN, PET; sizes small → large (a variant
+    ``medium+w10`` right after its size)."""
     code, size = key[0], key[1]
+    base, _, variant = size.partition("+")
     return (
         CODE_ORDER.index(code) if code in CODE_ORDER else len(CODE_ORDER),
-        SIZE_ORDER.index(size) if size in SIZE_ORDER else len(SIZE_ORDER),
+        SIZE_ORDER.index(base) if base in SIZE_ORDER else len(SIZE_ORDER),
+        variant,
         *key[2:],
     )
 
@@ -101,6 +104,13 @@ def resolve_size(code: str, task: str, size: str) -> str:
 
         return DEFAULT_SIZE[task]
     return size
+
+
+def size_label(code: str, size: str, args) -> str:
+    """The size as runs and tables name it: ``medium``, or ``medium+VARIANT`` for a non-default mlip
+    set-up (``--mlip-variant``: other loss weights or overrides get their own runs and rows)."""
+    variant = getattr(args, "mlip_variant", None)
+    return f"{size}+{variant}" if code == "mlip" and variant else size
 
 
 def run_name(task: str, code: str, size: str, budget: float, seed: int) -> str:
@@ -160,7 +170,8 @@ def evaluate_snapshots(result: dict, split: dict) -> list[dict]:
 
 def curve_run(code: str, task: str, size: str, budget: float, marks: list[float], seed: int, args) -> dict:
     """Train, evaluate the snapshots, write and return the run's JSON (skipped if it exists)."""
-    name = run_name(task, code, size, budget, seed)
+    label = size_label(code, size, args)
+    name = run_name(task, code, label, budget, seed)
     path = os.path.join(args.results, "curves", f"{name}.json")
     if os.path.exists(path):
         old = read_json(path)
@@ -178,7 +189,7 @@ def curve_run(code: str, task: str, size: str, budget: float, marks: list[float]
     record = {
         "code": code,
         "task": task,
-        "size": size,
+        "size": label,
         "seed": seed,
         "budget_min": budget,
         "marks_min": marks,
@@ -248,7 +259,7 @@ def _model_paths(task: str, budget: float, sizes: dict[str, list[str]], args) ->
     out = {}
     for code, names in sizes.items():
         for size in names:
-            size = resolve_size(code, task, size)
+            size = size_label(code, resolve_size(code, task, size), args)
             for seed in sorted(args.seeds):
                 rec = os.path.join(args.results, "curves", f"{run_name(task, code, size, budget, seed)}.json")
                 if os.path.exists(rec):

@@ -603,6 +603,13 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument(
         "--mlip-override", action="append", default=[], metavar="KEY=VALUE", help="extra mlip config override"
     )
+    g.add_argument(
+        "--mlip-variant",
+        default=None,
+        metavar="NAME",
+        help="label of a non-default mlip set-up (--mlip-weights config, --mlip-override): its runs are "
+        "named and tabulated as SIZE+NAME, e.g. medium+w10",
+    )
     g.add_argument("--pareto-batch", type=int, default=32, help="pareto timing: molecules per batch")
     g.add_argument("--pareto-atoms", type=int, default=512, help="pareto timing (carbon): diamond cell atoms")
     g.add_argument("--n-train", type=int, default=950, help="ethanol training structures")
