@@ -17,6 +17,8 @@
   (``get_property("polarizability_derivatives")``), see :func:`raman_activities`.
 * :func:`rigid_body_modes`, :func:`broadened`: which modes are translations/rotations, and
   Lorentzian-broadened stick spectra.
+* :func:`smoothed`: an MD spectrum convolved with a Gaussian of a given FWHM (cm⁻¹), e.g. to average
+  out the noise of a short trajectory; the band areas are kept.
 
 No mlip imports but :mod:`mlip.errors`: any ASE calculator with ``forces`` (and ``born_charges`` /
 ``polarizability_derivatives`` for intensities) works.
@@ -187,6 +189,26 @@ def raman_spectrum_from_polarizabilities(
         "depolarized": depolarized,
         "total": polarized + depolarized,
     }
+
+
+def smoothed(wavenumbers: np.ndarray, intensity: np.ndarray, fwhm: float) -> np.ndarray:
+    """``intensity`` ``[F]`` on the uniform grid ``wavenumbers`` (cm⁻¹, starting at 0, as the MD
+    spectra return it) convolved with a normalised Gaussian of full width at half maximum ``fwhm``
+    (cm⁻¹). The spectrum is even in ν, so it is mirrored about ν = 0 at the lower edge; band areas and
+    positions are kept. ``fwhm = 0`` returns the input."""
+    from scipy.ndimage import gaussian_filter1d
+
+    nu = np.asarray(wavenumbers, dtype=np.float64)
+    values = np.asarray(intensity, dtype=np.float64)
+    if not fwhm >= 0:
+        raise MLIPError(f"the smoothing width must be >= 0 cm⁻¹, got {fwhm!r}")
+    if fwhm == 0 or nu.size < 2:
+        return values.copy()
+    step = nu[1] - nu[0]
+    if not (step > 0 and abs(nu[0]) < 1e-9 * step and np.allclose(np.diff(nu), step)):
+        raise MLIPError("smoothing needs a uniform wavenumber grid starting at 0 cm⁻¹")
+    sigma = fwhm / (2.0 * np.sqrt(2.0 * np.log(2.0))) / step  # in grid points
+    return gaussian_filter1d(values, sigma, mode="mirror", truncate=5.0)
 
 
 def hessian(calc, atoms, delta: float = 0.005) -> np.ndarray:

@@ -161,6 +161,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quantum-correction", default="none", choices=["none", "harmonic"])
     p.add_argument("--temperature", type=float, default=None, help="K, for --quantum-correction harmonic")
     p.add_argument("--max-wavenumber", type=float, default=5000.0, help="cm⁻¹ written (default 5000)")
+    p.add_argument(
+        "--smooth",
+        type=float,
+        default=0.0,
+        metavar="FWHM",
+        help="Gaussian smoothing, FWHM in cm⁻¹ (default 0: none)",
+    )
     p.add_argument("--plot", metavar="PNG", default=None, help="also write a plot")
 
     p = sub.add_parser("plot", help="learning curve of a training run (from RUN_DIR/metrics.csv)")
@@ -267,6 +274,7 @@ def main(argv: list[str] | None = None) -> int:
                 quantum_correction=args.quantum_correction,
                 temperature=args.temperature,
                 max_wavenumber=args.max_wavenumber,
+                smooth=args.smooth,
             )
         elif args.command == "plot":
             from mlip.cli.plot import run_plot

@@ -60,9 +60,11 @@ def compute_spectrum(
     zero_pad: int = 4,
     quantum_correction: str | None = None,
     temperature: float | None = None,
+    smooth: float = 0.0,
 ) -> dict[str, np.ndarray]:
-    """The (averaged) spectrum of the trajectories: ``wavenumbers`` and one or five intensity columns."""
-    from mlip.spectra import ir_spectrum_from_dipoles, raman_spectrum_from_polarizabilities
+    """The (averaged) spectrum of the trajectories: ``wavenumbers`` and one or five intensity columns,
+    each convolved with a Gaussian of FWHM ``smooth`` cm⁻¹ if it is > 0."""
+    from mlip.spectra import ir_spectrum_from_dipoles, raman_spectrum_from_polarizabilities, smoothed
 
     if kind not in DEFAULT_KEYS:
         raise MLIPError(f"--kind must be ir or raman, got {kind!r}")
@@ -70,6 +72,8 @@ def compute_spectrum(
         raise MLIPError("give at least one trajectory file")
     if timestep is not None and not timestep > 0:
         raise MLIPError(f"--timestep must be > 0, got {timestep}")
+    if not smooth >= 0:
+        raise MLIPError(f"--smooth must be >= 0 cm⁻¹, got {smooth}")
     key = key or DEFAULT_KEYS[kind]
     series = []
     for path in trajectories:
@@ -95,6 +99,9 @@ def compute_spectrum(
         total["wavenumbers"] = out.pop("wavenumbers")  # the same grid for every trajectory
         for name, value in out.items():
             total[name] = total.get(name, 0.0) + value / len(series)
+    if smooth > 0:
+        nu = total["wavenumbers"]
+        total = {name: v if name == "wavenumbers" else smoothed(nu, v, smooth) for name, v in total.items()}
     return total
 
 
@@ -134,6 +141,7 @@ def run_spectrum(
     quantum_correction: str | None = None,
     temperature: float | None = None,
     max_wavenumber: float = 5000.0,
+    smooth: float = 0.0,
 ) -> dict[str, np.ndarray]:
     """Compute the spectrum, write the CSV (and the PNG); returns the spectrum (up to max_wavenumber)."""
     from mlip.cli.predict import check_writable
@@ -149,7 +157,7 @@ def run_spectrum(
     if quantum_correction == "none":
         quantum_correction = None
     spectrum = compute_spectrum(
-        trajectories, kind, timestep, key, max_lag, window, zero_pad, quantum_correction, temperature
+        trajectories, kind, timestep, key, max_lag, window, zero_pad, quantum_correction, temperature, smooth
     )
     keep = spectrum["wavenumbers"] <= max_wavenumber
     spectrum = {name: value[keep] for name, value in spectrum.items()}

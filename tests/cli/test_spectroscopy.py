@@ -130,6 +130,16 @@ def test_spectrum_cli_finds_the_synthetic_bands(tmp_path, capsys):
     hi, lo = np.argmin(np.abs(nu - 2100)), np.argmin(np.abs(nu - 700))
     ratio = corrected["total"] / table["total"]
     assert ratio[hi] > ratio[lo] > 1.0
+    # --smooth: a Gaussian of that FWHM over each column; the peaks stay, the bands widen
+    smooth = tmp_path / "smooth.csv"
+    assert main(["spectrum", str(traj), "-o", str(smooth), "--kind", "raman", "--smooth", "60"]) == 0
+    smoothed = read_csv(smooth)
+    assert abs(nu[np.argmax(smoothed["anisotropic"])] - 2100) < 15
+    width = {
+        name: np.sum(t["isotropic"] > t["isotropic"].max() / 2)
+        for name, t in (("raw", table), ("s", smoothed))
+    }
+    assert width["s"] > width["raw"]
 
 
 def test_spectrum_of_an_mlip_md_trajectory(files, tmp_path):

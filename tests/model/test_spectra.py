@@ -86,3 +86,25 @@ def test_harmonic_diatomic_frequency_and_intensity():
     mode = out["modes"][-1]
     bond = atoms.positions[1] - atoms.positions[0]
     assert abs(np.dot(mode[1] - mode[0], bond)) == pytest.approx(np.linalg.norm(mode[1] - mode[0]) * r0)
+
+
+def test_smoothing_gives_a_gaussian_of_the_asked_width_and_keeps_areas():
+    from mlip.spectra import smoothed
+
+    nu = np.arange(2000) * 2.0  # cm⁻¹, uniform from 0
+    spikes = np.zeros_like(nu)
+    spikes[500] = 3.0  # 1000 cm⁻¹
+    spikes[3] = 1.0  # 6 cm⁻¹: next to ν = 0, where the even spectrum is mirrored
+    out = smoothed(nu, spikes, fwhm=40.0)
+    band = out[300:700]
+    above_half = nu[300:700][band >= band.max() / 2]
+    assert nu[300 + np.argmax(band)] == 1000.0
+    assert above_half[-1] - above_half[0] == pytest.approx(40.0, abs=2 * 2.0)  # FWHM, grid resolution
+    assert band.sum() == pytest.approx(3.0, rel=1e-6)  # the band's area is kept
+    # near ν = 0 the mirrored spectrum: the area over ν ≥ 0 is that of the even band's positive half
+    assert out[:100].sum() + out[1:100].sum() == pytest.approx(2.0, rel=1e-3)
+    np.testing.assert_array_equal(smoothed(nu, spikes, 0.0), spikes)
+    with pytest.raises(MLIPError, match="uniform wavenumber grid"):
+        smoothed(nu[::-1], spikes, 10.0)
+    with pytest.raises(MLIPError, match=">= 0"):
+        smoothed(nu, spikes, -1.0)
