@@ -27,7 +27,6 @@ import json
 import os
 import socket
 import time
-from collections.abc import Callable
 
 import numpy as np
 from ase import Atoms
@@ -86,12 +85,7 @@ def extras_json(calc, atoms: Atoms) -> str:
     return json.dumps(extras) if extras else " "
 
 
-def run_client(
-    sock: socket.socket,
-    atoms: Atoms,
-    max_steps: int | None = None,
-    on_evaluation: Callable[[int], None] | None = None,
-) -> tuple[int, str]:
+def run_client(sock: socket.socket, atoms: Atoms, max_steps: int | None = None) -> tuple[int, str]:
     """Answer i-PI's requests with ``atoms.calc`` until i-PI says EXIT, closes the connection, or
     ``max_steps`` force evaluations (one per bead per MD step) are done.
 
@@ -135,8 +129,6 @@ def run_client(
                 energy, forces, vir, extras = payload
                 protocol.sendforce(energy, forces, vir, morebytes=extras)
                 payload, state, done = None, "READY", done + 1
-                if on_evaluation is not None:
-                    on_evaluation(done)
             else:
                 raise MLIPError(
                     f"i-PI sent {msg!r}, which this client does not handle "
