@@ -1,5 +1,5 @@
-"""``mlip`` command: train / preprocess / eval / predict / md / vibrations / spectrum / plot; user errors
-become one line."""
+"""``mlip`` command: train / preprocess / eval / predict / md / ipi / vibrations / spectrum / plot; user
+errors become one line."""
 
 from __future__ import annotations
 
@@ -123,6 +123,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="a line per frame instead of a progress bar")
 
     p = sub.add_parser(
+        "ipi",
+        help="i-PI force client: energy, forces, virial and the model's tensors for an i-PI server",
+        description="Connect to a running i-PI server (i-pi input.xml) as its force client. For every "
+        "bead i-PI sends, return the energy, forces, virial (-V·stress for cells periodic along all "
+        "three axes, zeros otherwise) and the model's tensor outputs (dipole, polarizability, ...) as "
+        "i-PI's JSON extras, in the model's units. Runs until i-PI ends the simulation.",
+    )
+    p.add_argument("model", help="model.pt written by mlip train")
+    p.add_argument(
+        "--template",
+        required=True,
+        metavar="STRUCTURE",
+        help="structure giving species, atom order and periodicity (first frame; e.g. i-PI's init file)",
+    )
+    p.add_argument("--unix", metavar="NAME", default=None, help="unix socket /tmp/ipi_NAME (i-PI's address)")
+    p.add_argument("--address", metavar="HOST", default=None, help="inet socket: i-PI's host name or IP")
+    p.add_argument("--port", type=int, default=31415, help="inet socket port (default 31415)")
+    p.add_argument(
+        "--max-steps",
+        type=int,
+        default=None,
+        help="stop after N force evaluations, one per bead per step (default: until i-PI ends)",
+    )
+    p.add_argument("--wait", type=float, default=60.0, help="s to wait for the server to appear (default 60)")
+    p.add_argument("--skin", type=float, default=1.0, help="neighbour-list skin, Å (default 1.0; 0 = off)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--dtype", default="float64", choices=["float32", "float64"])
+
+    p = sub.add_parser(
         "vibrations",
         help="harmonic frequencies, IR intensities and Raman activities of a structure (CSV, PNG)",
         description="Harmonic modes from the model's Hessian (finite differences of its forces, float64), "
@@ -241,6 +270,21 @@ def main(argv: list[str] | None = None) -> int:
                 restart=args.restart,
                 skin=args.skin,
                 progress=not args.no_progress,
+            )
+        elif args.command == "ipi":
+            from mlip.cli.ipi import run_ipi
+
+            run_ipi(
+                args.model,
+                args.template,
+                unix=args.unix,
+                address=args.address,
+                port=args.port,
+                device=args.device,
+                dtype=args.dtype,
+                max_steps=args.max_steps,
+                wait=args.wait,
+                skin=args.skin,
             )
         elif args.command == "vibrations":
             from mlip.cli.vibrations import run_vibrations
