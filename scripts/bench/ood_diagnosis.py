@@ -1,0 +1,164 @@
+"""Where does a learning-curve run's out-of-distribution force error come from?
+
+    python scripts/bench/ood_diagnosis.py --task acac --test test_600K \
+        --runs acac__mlip-small__60min__s0,acac__mlip-medium__60min__s0,acac__mace-large__60min__s0
+
+For the final snapshot of each run (benchmarks/results/curves/<run>.json → its prediction file) on
+one test set: force RMSE and MAE over components; per-structure force RMSE (median, 90th/99th
+percentile, max); the share of the total squared error from the worst 5 % of structures and the RMSE
+without them; and the same split by whether a structure has an atom pair (per element pair) closer
+than any pair of those elements in the training set — the structures where the model extrapolates
+in distance. For the worst structures: the pair, its distance and the force along that bond (reference
+vs prediction; + = pushing the atoms apart).
+
+Reads only stored files (the runs' prediction .npz, the task's split in --work-dir); trains nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import sys
+
+import ase.io
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(os.path.dirname(HERE))
+
+
+def closest_pairs(atoms) -> dict[tuple[str, str], tuple[float, int, int]]:
+    """(element, element) → (shortest distance Å, i, j) in one structure."""
+    symbols = atoms.get_chemical_symbols()
+    distances = atoms.get_all_distances(mic=bool(atoms.pbc.any()))
+    out: dict[tuple[str, str], tuple[float, int, int]] = {}
+    for i, j in itertools.combinations(range(len(atoms)), 2):
+        key = tuple(sorted((symbols[i], symbols[j])))
+        if key not in out or distances[i, j] < out[key][0]:
+            out[key] = (float(distances[i, j]), i, j)
+    return out
+
+
+def diagnose(run: str, test: str, train_minimum: dict, frames: list, refs, results: str) -> dict:
+    record = json.load(open(os.path.join(results, "curves", f"{run}.json")))
+    snapshot = record["worker"]["snapshots"][-1]
+    pred = np.load(snapshot["files"][test])
+    errors = [pred[f"{i}/forces"] - refs[f"{i}/forces"] for i in range(len(frames))]
+    per_structure = np.array([np.sqrt(np.mean(e**2)) for e in errors]) * 1e3  # meV/Å
+    components = np.concatenate([np.abs(e).ravel() for e in errors]) * 1e3
+    squared = np.sort(per_structure**2)[::-1]
+    worst = max(1, round(0.05 * len(frames)))
+    closer = np.array(
+        [
+            any(
+                d < train_minimum[k] - 1e-6 for k, (d, _, _) in closest_pairs(a).items() if k in train_minimum
+            )
+            for a in frames
+        ]
+    )
+    out = {
+        "run": run,
+        "minutes": snapshot["mark_min"],
+        "force_rmse": float(np.sqrt(np.mean(components**2))),
+        "force_mae": float(components.mean()),
+        "per_structure_rmse": {
+            "median": float(np.median(per_structure)),
+            "p90": float(np.percentile(per_structure, 90)),
+            "p99": float(np.percentile(per_structure, 99)),
+            "max": float(per_structure.max()),
+        },
+        "worst_5pc_share_of_squared_error": float(squared[:worst].sum() / squared.sum()),
+        "rmse_without_worst_5pc": float(np.sqrt(np.mean(np.sort(per_structure**2)[:-worst]))),
+        "structures_closer_than_training": int(closer.sum()),
+        "their_share_of_squared_error": float((per_structure[closer] ** 2).sum() / (per_structure**2).sum()),
+        "rmse_of_the_others": float(np.sqrt(np.mean(per_structure[~closer] ** 2))),
+        "per_structure": per_structure.tolist(),
+    }
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--task", default="acac")
+    p.add_argument("--test", default="test_600K", help="test set name of the task")
+    p.add_argument(
+        "--runs", required=True, help="comma-separated run names (benchmarks/results/curves/*.json)"
+    )
+    p.add_argument("--results", default=os.path.join(REPO, "benchmarks", "results"))
+    p.add_argument("--work-dir", default="/tmp/mlip-bench")
+    p.add_argument("--worst", type=int, default=6, help="worst structures listed (of the first run)")
+    p.add_argument("--json", default=None, help="also write the figures here")
+    args = p.parse_args(argv)
+
+    split = json.load(open(os.path.join(args.work_dir, "data", "splits.json")))["tasks"][args.task]
+    test = split["tests"][args.test]
+    frames = ase.io.read(test["file"], ":")
+    refs = np.load(test["refs"])
+    train_minimum: dict = {}
+    for atoms in ase.io.read(split["train"], ":"):
+        for key, (d, _, _) in closest_pairs(atoms).items():
+            train_minimum[key] = min(train_minimum.get(key, np.inf), d)
+    print(
+        "shortest pair distances in the training set (Å):",
+        {"-".join(k): round(v, 3) for k, v in train_minimum.items()},
+    )
+    runs = [r for r in args.runs.split(",") if r]
+    report = [diagnose(r, args.test, train_minimum, frames, refs, args.results) for r in runs]
+    print(f"\n{args.task} / {args.test}: {len(frames)} structures; forces in meV/Å")
+    header = (
+        "| run | RMSE | MAE | per-structure median / p90 / p99 / max | worst 5 %: share of error², "
+        "RMSE without | closer than training: n, share of error², RMSE of the rest |"
+    )
+    print(header + "\n|" + "---|" * 6)
+    for r in report:
+        s = r["per_structure_rmse"]
+        print(
+            f"| {r['run']} | {r['force_rmse']:.1f} | {r['force_mae']:.1f} | "
+            f"{s['median']:.1f} / {s['p90']:.1f} / {s['p99']:.1f} / {s['max']:.0f} | "
+            f"{r['worst_5pc_share_of_squared_error']:.2f}, "
+            f"{r['rmse_without_worst_5pc']:.1f} | {r['structures_closer_than_training']}, "
+            f"{r['their_share_of_squared_error']:.2f}, {r['rmse_of_the_others']:.1f} |"
+        )
+    first = np.array(report[0]["per_structure"])
+    print(f"\nworst structures of {runs[0]}: the atom with the largest force error and its closest neighbour")
+    preds = [
+        np.load(
+            json.load(open(os.path.join(args.results, "curves", f"{r}.json")))["worker"]["snapshots"][-1][
+                "files"
+            ][args.test]
+        )
+        for r in runs
+    ]
+    for i in np.argsort(-first)[: args.worst]:
+        atoms = frames[i]
+        ref_f = refs[f"{i}/forces"]
+        j = int(np.argmax(np.linalg.norm(preds[0][f"{i}/forces"] - ref_f, axis=1)))
+        d = atoms.get_all_distances()[j]
+        n = int(np.argsort(d)[1])
+        u = (atoms.positions[j] - atoms.positions[n]) / d[n]
+        s = atoms.get_chemical_symbols()
+        key = tuple(sorted((s[j], s[n])))
+        along = ", ".join(f"{r.split('__')[1]} {pr[f'{i}/forces'][j] @ u:+.2f}" for r, pr in zip(runs, preds))
+        print(
+            f"  structure {i}: {s[j]}{j}–{s[n]}{n} {d[n]:.2f} Å (training minimum {train_minimum[key]:.2f}); "
+            f"force on {s[j]}{j} along the bond, eV/Å: reference {ref_f[j] @ u:+.2f}, {along}"
+        )
+    if args.json:
+        with open(args.json, "w") as handle:
+            json.dump(
+                {
+                    "task": args.task,
+                    "test": args.test,
+                    "train_minimum": {"-".join(k): v for k, v in train_minimum.items()},
+                    "runs": report,
+                },
+                handle,
+                indent=1,
+            )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
