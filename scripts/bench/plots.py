@@ -1,7 +1,8 @@
 """PNG figures of the learning-curve and Pareto campaigns (matplotlib, written by ``run.py report``).
 
 * ``curves_<task>.png``: test RMSE versus training time (log–log), one panel per test set and
-  target, one colour per code: the line is the mean over seeds, the band the min–max.
+  target, one colour per code (sizes and variants of a code: its colour in other line styles and
+  markers): the line is the mean over seeds, the band the min–max.
 * ``pareto_<task>.png``: final test RMSE (forces, energy) versus inference cost (µs/atom for
   energy + forces), one point per model size (mean over seeds, bars min–max), lines join the
   sizes of a code.
@@ -57,6 +58,15 @@ def _panels(runs: list[dict], task: str) -> list[tuple[str, str]]:
     return sorted(seen, key=lambda p: (p[0] != "test", p[0], order[p[1]]))
 
 
+STYLES = (("o", "-"), ("s", "--"), ("^", ":"), ("D", "-."), ("v", (0, (5, 1))))
+
+
+def _style(code: str, size: str, sizes_per_code: dict[str, list[str]]) -> tuple[str, object]:
+    """(marker, line style) of a size/variant within its code (the code's first size: ``o-``)."""
+    names = sorted(sizes_per_code[code], key=lambda s: order_key((code, s)))
+    return STYLES[names.index(size) % len(STYLES)]
+
+
 def _label(code: str, size: str, budget: float, several_sizes: bool) -> str:
     return f"{LABELS.get(code, code)} ({size})" if several_sizes else LABELS.get(code, code)
 
@@ -82,7 +92,8 @@ def plot_curves(runs: list[dict], task: str, path: str):
             n = max(m["n"] for m in marks.values())
             colour = COLOURS.get(code)
             label = _label(code, size, budget, len(sizes_per_code[code]) > 1) + f", {n} seed{'s' * (n > 1)}"
-            ax.plot(xs, mean, "o-", color=colour, label=label, ms=3)
+            marker, line = _style(code, size, sizes_per_code)
+            ax.plot(xs, mean, marker=marker, linestyle=line, color=colour, label=label, ms=3.5)
             ax.fill_between(xs, lo, hi, color=colour, alpha=0.2, lw=0)
         unit = WATER_UNITS.get(target) if task == "water" else UNITS[target]
         where = {"test": "test"}.get(test, test.replace("test_", "test, "))
