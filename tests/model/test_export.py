@@ -37,8 +37,8 @@ from tests.conftest import perturb_weights
 CUTOFF = 2.6
 
 
-@pytest.fixture(scope="module")
-def model() -> MLIPModel:
+def _model() -> MLIPModel:
+    """Two layers, bispectrum and bond projections (every backbone branch), noisy weights."""
     torch.manual_seed(11)
     model = MLIPModel(
         [1, 6, 8],
@@ -59,6 +59,11 @@ def model() -> MLIPModel:
         readout_hidden=8,
     ).double()
     return perturb_weights(model, 0.1).eval()
+
+
+@pytest.fixture(scope="module")
+def model() -> MLIPModel:
+    return _model()
 
 
 @pytest.fixture(scope="module")
@@ -159,7 +164,11 @@ def test_dynamic_shapes_and_n_local(model, program64):
     """One program, many sizes; ``n_local`` selects the energies that are returned and summed."""
     eager = LocalEnergyModel(model)
     for k, n_copies in enumerate([1, 2, 3]):
-        atoms = _molecule().repeat((n_copies, 1, 1)) if n_copies > 1 else _molecule()
+        atoms = Atoms()
+        for copy_index in range(n_copies):  # copies 3 Å apart along x: some pairs interact
+            part = _molecule()
+            part.translate([3.0 * copy_index, 0.0, 0.0])
+            atoms += part
         atoms.rattle(0.02, seed=k)
         species, edge_index, vectors, _ = _inputs(atoms)
         for n_local in (2, len(atoms) - 1):
@@ -217,3 +226,24 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
     assert main(["export", str(tmp_path / "missing.pt"), "-o", str(tmp_path / "out.pt")]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 2 and "file not found" in err[0] and ".pt2" in err[1]
+
+
+@pytest.mark.slow
+def test_aoti_package_matches_eager(tmp_path):
+    """``--aoti``: the AOTInductor package (compiled C++; minutes of CPU) on the tiniest model."""
+    from torch._inductor import aoti_load_package
+
+    from mlip.model.export import save_export
+
+    torch.manual_seed(12)
+    backbone = dict(channels=4, num_layers=1, lmax=1, num_radial=2, radial_hidden=4)
+    tiny = MLIPModel([1, 6, 8], cutoff=CUTOFF, e0s={6: -1029.5}, backbone=backbone, readout_hidden=4)
+    tiny = perturb_weights(tiny.double(), 0.1).eval()
+    path = str(tmp_path / "tiny.pt2")
+    save_export(tiny, path, dtype="float64", aoti=True)
+    package = aoti_load_package(path)
+    assert package.get_metadata()["mlip_species"] == "1 6 8"
+    for atoms in (_molecule(), _crystal()):
+        inputs = _inputs(atoms)
+        for got, want in zip(package(*inputs), LocalEnergyModel(tiny)(*inputs)):
+            torch.testing.assert_close(got, want, rtol=0, atol=1e-10)
