@@ -208,7 +208,7 @@ def test_cli_file_runs_in_plain_torch(model, exported_file, tmp_path):
     )
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     done = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=900
+        [sys.executable, "-c", script], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=3600
     )
     assert done.returncode == 0, done.stderr
     metadata = json.loads(done.stdout)
