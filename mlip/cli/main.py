@@ -1,5 +1,5 @@
-"""``mlip`` command: train / preprocess / eval / predict / md / ipi / vibrations / spectrum / plot; user
-errors become one line."""
+"""``mlip`` command: train / preprocess / eval / predict / md / ipi / vibrations / spectrum / plot /
+export; user errors become one line."""
 
 from __future__ import annotations
 
@@ -199,6 +199,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--plot", metavar="PNG", default=None, help="also write a plot")
 
+    p = sub.add_parser(
+        "export",
+        help="write the model as a self-contained program for MD engines (.pt2)",
+        description="Export an energy model as a torch.export program (loadable with torch.export.load, "
+        "no mlip needed) or, with --aoti, an AOTInductor package (for C++: LAMMPS and other engines). "
+        "Inputs: atomic numbers, edge index, edge vectors, number of local atoms; outputs: local atomic "
+        "energies (eV) and dE/d(edge vector) (eV/Å); see mlip.model.export.",
+    )
+    p.add_argument("model", help="model.pt written by mlip train")
+    p.add_argument("-o", "--output", required=True, help="output file, .pt2")
+    p.add_argument("--dtype", default="float64", choices=["float32", "float64"])
+    p.add_argument(
+        "--aoti", action="store_true", help="compile with AOTInductor (slow: minutes of CPU; for C++ engines)"
+    )
+
     p = sub.add_parser("plot", help="learning curve of a training run (from RUN_DIR/metrics.csv)")
     p.add_argument("run_dir", help="output_dir of mlip train")
     p.add_argument("-o", "--output", default=None, help="PNG file (default RUN_DIR/learning_curve.png)")
@@ -320,6 +335,10 @@ def main(argv: list[str] | None = None) -> int:
                 max_wavenumber=args.max_wavenumber,
                 smooth=args.smooth,
             )
+        elif args.command == "export":
+            from mlip.cli.export import run_export
+
+            run_export(args.model, args.output, dtype=args.dtype, aoti=args.aoti)
         elif args.command == "plot":
             from mlip.cli.plot import run_plot
 

@@ -383,6 +383,9 @@ class ScalarBackbone(nn.Module):
             bispectrum (four-body per layer).
         bond_channels: channels of the bond projections fed to layers ≥ 2 (0 = off).
         bispectrum_channels: channels with bispectrum invariants (None: all).
+
+    Attribute ``allow_padding`` (default True) lets :meth:`forward` take the padded path where it
+    wastes little; False always takes the scatter path (what :mod:`mlip.model.export` uses).
     """
 
     def __init__(
@@ -418,6 +421,9 @@ class ScalarBackbone(nn.Module):
             for t in range(num_layers)
         )
         self.inv_avg_neighbours = 1.0 / max(float(avg_num_neighbours), 1e-3)
+        # False forces the scatter path (no data-dependent shapes: what torch.export needs);
+        # True (default) pads where that wastes little (faster eager inference and training).
+        self.allow_padding = True
 
     def forward(
         self, species: torch.Tensor, edge_index: torch.Tensor, edge_vectors: torch.Tensor
@@ -439,7 +445,10 @@ class ScalarBackbone(nn.Module):
         envelope = self.envelope(lengths)
         edge_radial = self.radial_basis(lengths) * envelope.unsqueeze(-1)
         h = self.embedding(species)
-        layout = PaddedEdges.build(receivers, senders, h.shape[0], edge_sh, edge_radial, envelope, self.lmax)
+        layout = None
+        if self.allow_padding:
+            n_atoms = h.shape[0]
+            layout = PaddedEdges.build(receivers, senders, n_atoms, edge_sh, edge_radial, envelope, self.lmax)
         features = []
         density = None
         for layer in self.layers:
