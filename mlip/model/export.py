@@ -25,7 +25,8 @@ input              shape, dtype    meaning
 =================  ==============  =============================================================
 output             shape           meaning
 =================  ==============  =============================================================
-``atomic_energies`` ``[N_local]``  eV, of the local atoms, E0s included: their sum is the energy
+``atomic_energies`` ``[N]``      eV, E0s included, for the local atoms (their sum is the energy);
+                                   0 for the ghosts
 ``edge_forces``    ``[E, 3]``      ``∂E_local/∂r_e`` (eV/Å), ``E_local`` = sum of the local energies
 =================  ==============  =============================================================
 
@@ -69,7 +70,7 @@ class LocalEnergyModel(nn.Module):
     """The exported function as a plain module (eager; scatter path): see the module docstring.
 
     ``forward(species [N], edge_index [2, E], edge_vectors [E, 3], n_local [])`` →
-    ``(atomic_energies [N_local] eV, edge_forces [E, 3] eV/Å)``.
+    ``(atomic_energies [N] eV (ghosts 0), edge_forces [E, 3] eV/Å)``.
     """
 
     def __init__(self, model: MLIPModel) -> None:
@@ -92,10 +93,10 @@ class LocalEnergyModel(nn.Module):
             features, _ = model.backbone(index, edge_index, edge_vectors)
             interaction = model.scale * model.energy_head(features) + model.shift
             energies = interaction + model.e0.to(interaction.dtype)[index]
-            n = n_local.item()
-            torch._check(n >= 0)
-            torch._check(n <= species.shape[0])
-            local = energies[:n]
+            # a mask rather than energies[:n_local]: no data-dependent shape, which AOTInductor
+            # cannot lower
+            is_local = torch.arange(energies.shape[0], device=energies.device) < n_local
+            local = torch.where(is_local, energies, torch.zeros_like(energies))
             (edge_forces,) = torch.autograd.grad(local.sum(), edge_vectors)
         return local.detach(), edge_forces
 
