@@ -6,7 +6,7 @@ same model, same batch (issue 10: "tensor heads at ≤ 10 % extra cost").
 Without ``--model`` a model of ``configs/tensors.yaml`` (energy, forces, dipole, polarizability) is
 trained for one epoch into a temporary folder: the cost does not depend on the weights' values.
 Systems: one ethanol, 32 ethanols in one batch (B3LYP test frames), and a water box
-(data/water_bulk, 192 atoms, periodic). For each system both variants run in interleaved rounds
+(the first frame of data/water_bulk, periodic). For each system both variants run in interleaved rounds
 (the order alternates), each round the median of several calls; the figure is the median over rounds
 of the per-round ratio (ratios within a round: these machines are shared and noisy). The "energy +
 forces" variant is the same model with its tensor heads switched off (``model.tensor_heads = None``),
