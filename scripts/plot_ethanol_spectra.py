@@ -38,7 +38,7 @@ def figure(path, md, md_label, model_nu, model_int, model_label, dft=None, title
 
     fig, ax = plt.subplots(figsize=(7.5, 3.8))
     nu, y = md
-    keep = (nu >= 200) & (nu <= xmax)
+    keep = (nu >= 100) & (nu <= xmax)
     ax.fill_between(nu[keep], 0, y[keep] / y[keep].max(), color="tab:blue", alpha=0.25, lw=0)
     ax.plot(nu[keep], y[keep] / y[keep].max(), color="tab:blue", lw=1.0, label=md_label)
     sticks(ax, model_nu, 0.9 * model_int / model_int.max(), "tab:orange", model_label)
@@ -49,11 +49,11 @@ def figure(path, md, md_label, model_nu, model_int, model_label, dft=None, title
         ax.set_ylim(-1.0, 1.08)
     else:
         ax.set_ylim(0.0, 1.08)
-    ax.set_xlim(200, xmax)
+    ax.set_xlim(100, xmax)
     ax.set_xlabel("wavenumber (cm⁻¹)")
     ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=10)
-    ax.legend(fontsize=8, loc="upper left", frameon=False)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(0.33, 1.0), frameon=False)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -78,7 +78,11 @@ def main() -> None:
     dft = None
     if args.dft:
         d = read_csv(args.dft)
-        dft = (d["frequency_cm-1"], d["ir_intensity_km_mol"], "DFT harmonic, B3LYP/def2-SVP (PySCF)")
+        dft = (
+            d["frequency_cm-1"],
+            d["ir_intensity_km_mol"],
+            "DFT harmonic, B3LYP/def2-SVP (PySCF), mirrored",
+        )
     os.makedirs(args.output, exist_ok=True)
     figure(
         os.path.join(args.output, "ethanol_ir.png"),
