@@ -15,6 +15,7 @@
   (``get_property("born_charges")``; exact autograd derivatives for an mlip model with a dipole)
   and Raman activities (Å⁴/amu) from its polarizability derivatives
   (``get_property("polarizability_derivatives")``), see :func:`raman_activities`.
+  :func:`normal_modes` does its Hessian → frequencies and modes step for a Hessian from elsewhere.
 * :func:`rigid_body_modes`, :func:`broadened`: which modes are translations/rotations, and
   Lorentzian-broadened stick spectra.
 * :func:`smoothed`: an MD spectrum convolved with a Gaussian of a given FWHM (cm⁻¹), e.g. to average
@@ -296,6 +297,24 @@ def broadened(
     return (g / np.pi / (diff**2 + g**2)) @ np.asarray(intensities, dtype=np.float64)
 
 
+def normal_modes(hessian_matrix: np.ndarray, masses: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Frequencies ``[3N]`` (cm⁻¹, ascending; imaginary ones negative) and modes ``[3N, N, 3]``
+    (Cartesian displacements per unit mass-weighted normal coordinate, 1/√amu) of a ``[3N, 3N]``
+    Hessian (eV/Å²) with ``masses`` ``[N]`` (amu): what :func:`harmonic_modes` does with the model's
+    Hessian, usable with one from elsewhere (e.g. a DFT code) for identical post-processing."""
+    masses = np.asarray(masses, dtype=np.float64)
+    n = len(masses)
+    h = np.asarray(hessian_matrix, dtype=np.float64)
+    if h.shape != (3 * n, 3 * n):
+        raise MLIPError(f"a Hessian of {n} atoms must be [{3 * n}, {3 * n}], got {list(h.shape)}")
+    inv_sqrt_m = np.repeat(1.0 / np.sqrt(masses), 3)
+    dynamical = h * inv_sqrt_m[:, None] * inv_sqrt_m[None, :]
+    values, vectors = np.linalg.eigh(dynamical)
+    frequencies = np.sign(values) * np.sqrt(np.abs(values)) * HESSIAN_TO_WAVENUMBER
+    modes = (vectors * inv_sqrt_m[:, None]).T.reshape(3 * n, n, 3)
+    return frequencies, modes
+
+
 def harmonic_modes(
     calc, atoms, delta: float = 0.005, intensities: bool = True, raman: bool = False
 ) -> dict[str, np.ndarray]:
@@ -308,13 +327,8 @@ def harmonic_modes(
     from the Born charges ``Z`` in e: ``974.9 |Σ_i Z_i · mode_i|²``; the dipole must be in e·Å) and,
     if ``raman``, ``raman_activities`` ``[3N]`` (Å⁴/amu, :func:`raman_activities`; α in Å³).
     """
-    masses = atoms.get_masses()
     n = len(atoms)
-    inv_sqrt_m = np.repeat(1.0 / np.sqrt(masses), 3)
-    dynamical = hessian(calc, atoms, delta) * inv_sqrt_m[:, None] * inv_sqrt_m[None, :]
-    values, vectors = np.linalg.eigh(dynamical)
-    frequencies = np.sign(values) * np.sqrt(np.abs(values)) * HESSIAN_TO_WAVENUMBER
-    modes = (vectors * inv_sqrt_m[:, None]).T.reshape(3 * n, n, 3)
+    frequencies, modes = normal_modes(hessian(calc, atoms, delta), atoms.get_masses())
     out = {"frequencies": frequencies, "modes": modes}
     probe = atoms.copy()
     probe.calc = calc

@@ -9,7 +9,14 @@ from ase import Atoms
 from ase.calculators.calculator import Calculator, all_changes
 
 from mlip.errors import MLIPError
-from mlip.spectra import IR_INTENSITY_KM_MOL, SPEED_OF_LIGHT_CM_S, harmonic_modes, ir_spectrum_from_dipoles
+from mlip.spectra import (
+    IR_INTENSITY_KM_MOL,
+    SPEED_OF_LIGHT_CM_S,
+    harmonic_modes,
+    hessian,
+    ir_spectrum_from_dipoles,
+    normal_modes,
+)
 
 
 def synthetic_dipoles(seed: int = 0, n: int = 4000, dt_fs: float = 0.5) -> np.ndarray:
@@ -65,6 +72,19 @@ class ChargedSpring(Calculator):
             "forces": np.array([-f, f]),
             "born_charges": np.array([-self.q * np.eye(3), self.q * np.eye(3)]),
         }
+
+
+def test_normal_modes_of_an_external_hessian_match_harmonic_modes():
+    k, r0, q = 30.0, 1.1, 0.4
+    atoms = Atoms("CO", positions=[[0, 0, 0], [0.2, -0.4, 1.0]])
+    atoms.positions[1] *= r0 / np.linalg.norm(atoms.positions[1])
+    calc = ChargedSpring(k, r0, q)
+    out = harmonic_modes(calc, atoms)
+    nu, modes = normal_modes(hessian(calc, atoms), atoms.get_masses())
+    np.testing.assert_allclose(nu, out["frequencies"])
+    np.testing.assert_allclose(np.abs(modes[-1]), np.abs(out["modes"][-1]))
+    with pytest.raises(MLIPError, match=r"\[6, 6\]"):
+        normal_modes(np.zeros((5, 5)), atoms.get_masses())
 
 
 def test_harmonic_diatomic_frequency_and_intensity():
