@@ -7,9 +7,13 @@
 * :func:`raman_spectrum_from_polarizabilities`: isotropic and anisotropic Raman line shapes from the
   autocorrelations of the time derivatives of the polarizability's isotropic part (trace/3) and of
   its anisotropic (symmetric traceless) part along MD (``MLIP_polarizability``), same conventions.
-* ``quantum_correction="harmonic"`` (both MD spectra): the classical line shape times the harmonic
-  quantum-correction factor ``βħω / (1 − exp(−βħω))`` at ``temperature`` (Ramírez et al., J. Chem.
-  Phys. 121, 3973 (2004)); it restores detailed balance and weights high frequencies up.
+* Quantum corrections. The IR spectrum returned, ``ω² C_cl(ω)`` (the transform of ``⟨μ̇μ̇⟩``), is
+  already the absorption line shape ``α(ω) n(ω)`` of the harmonic quantum-correction scheme:
+  ``ω (1 − e^{−βħω}) · [βħω / (1 − e^{−βħω})] C_cl(ω) = βħ ω² C_cl(ω)`` (Ramírez et al., J. Chem.
+  Phys. 121, 3973 (2004)), so it takes no further factor (asking for one is an error). For Raman,
+  ``quantum_correction="harmonic"`` turns the derivative spectrum ``D(ω) = ω² C_cl^{αα}(ω)`` into the
+  quantum Stokes line shape ``[βħω / (1 − e^{−βħω})] C_cl^{αα}(ω) ∝ D(ω) / (ω (1 − e^{−βħω}))`` (the
+  Bose factor n + 1 over ω; no laser-frequency factor), which weights low frequencies up.
 * :func:`harmonic_modes`: harmonic frequencies (cm⁻¹) from the finite-difference Hessian of the
   calculator's forces, IR intensities (km/mol) from its Born charges
   (``get_property("born_charges")``; exact autograd derivatives for an mlip model with a dipole)
@@ -112,8 +116,8 @@ def ir_spectrum_from_dipoles(
         window: ``hann`` (default) or ``none``: applied to the correlation function, it tapers the
             lags to zero so the spectrum has no truncation ripples.
         zero_pad: the transform length is this many times the kept lags (a finer frequency grid).
-        quantum_correction: ``None`` (classical line shape) or ``"harmonic"``: times
-            :func:`quantum_correction_factor` at ``temperature`` (K).
+        quantum_correction: must be ``None``: the derivative spectrum is already the harmonic
+            quantum-corrected absorption (module docstring); ``"harmonic"`` is an error that says so.
 
     Returns:
         ``(wavenumbers in cm⁻¹, intensity)``: the cosine transform of the windowed autocorrelation
@@ -124,10 +128,12 @@ def ir_spectrum_from_dipoles(
     if mu.ndim != 2 or mu.shape[1] != 3 or mu.shape[0] < 4:
         raise MLIPError(f"dipoles must have shape [T >= 4, 3], got {mu.shape}")
     _check_common(timestep_fs, window, quantum_correction, temperature)
-    nu, intensity = _derivative_acf_spectrum(mu, timestep_fs, max_lag_fs, window, zero_pad)
     if quantum_correction == "harmonic":
-        intensity = intensity * quantum_correction_factor(nu, temperature)
-    return nu, intensity
+        raise MLIPError(
+            "IR: the dipole-derivative spectrum is already the absorption with the harmonic quantum "
+            "correction (βħω² C_cl(ω)); leave out the quantum correction"
+        )
+    return _derivative_acf_spectrum(mu, timestep_fs, max_lag_fs, window, zero_pad)
 
 
 def polarizability_parts(alphas: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -166,7 +172,10 @@ def raman_spectrum_from_polarizabilities(
       ``45 a'² + 7 γ'²`` up to the factor 45.
 
     Classical line shapes in arbitrary units (no laser-frequency or Bose–Einstein factor), invariant
-    under rotating the trajectory; ``quantum_correction="harmonic"`` as for IR.
+    under rotating the trajectory. ``quantum_correction="harmonic"``: every intensity becomes the
+    quantum Stokes line shape ``D(ω) · QCF(ω) / (ω/ω₀)²`` with ``QCF`` of :func:`quantum_correction_factor`
+    at ``temperature`` and ``ω₀ = 1000 cm⁻¹`` (keeps the numbers O(1); 0 at ω = 0), see the module
+    docstring.
 
     Returns:
         a dict of ``wavenumbers`` (cm⁻¹) and the five intensities above, each ``[F]``.
@@ -179,8 +188,9 @@ def raman_spectrum_from_polarizabilities(
     _, s_aniso = _derivative_acf_spectrum(aniso.reshape(-1, 9), timestep_fs, max_lag_fs, window, zero_pad)
     s_aniso = 1.5 * s_aniso
     if quantum_correction == "harmonic":
-        qcf = quantum_correction_factor(nu, temperature)
-        s_iso, s_aniso = s_iso * qcf, s_aniso * qcf
+        stokes = np.zeros_like(nu)  # QCF(ω) / (ω/ω₀)²: derivative spectrum → Stokes line shape
+        stokes[1:] = quantum_correction_factor(nu[1:], temperature) / (nu[1:] / 1000.0) ** 2
+        s_iso, s_aniso = s_iso * stokes, s_aniso * stokes
     polarized, depolarized = s_iso + 4.0 / 45.0 * s_aniso, s_aniso / 15.0
     return {
         "wavenumbers": nu,

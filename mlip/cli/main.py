@@ -187,7 +187,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-lag", type=float, default=None, help="longest correlation time, fs (default T/2)")
     p.add_argument("--window", default="hann", choices=["hann", "none"])
     p.add_argument("--zero-pad", type=int, default=4, help="transform length / kept lags (default 4)")
-    p.add_argument("--quantum-correction", default="none", choices=["none", "harmonic"])
+    p.add_argument(
+        "--quantum-correction",
+        default="none",
+        choices=["none", "harmonic"],
+        help="raman only: harmonic = quantum Stokes line shape (IR already is the corrected absorption)",
+    )
     p.add_argument("--temperature", type=float, default=None, help="K, for --quantum-correction harmonic")
     p.add_argument("--max-wavenumber", type=float, default=5000.0, help="cm⁻¹ written (default 5000)")
     p.add_argument(

@@ -71,12 +71,23 @@ def test_harmonic_quantum_correction():
     assert quantum_correction_factor(np.array([nu1]), 300.0)[0] == pytest.approx(
         1 / (1 - np.exp(-1)), rel=1e-6
     )
-    mu = np.cos(2 * np.pi * 1000 * SPEED_OF_LIGHT_CM_S * np.arange(400) * 0.5e-15)[:, None] * np.ones(3)
-    nu, classical = ir_spectrum_from_dipoles(mu, 0.5)
-    _, quantum = ir_spectrum_from_dipoles(mu, 0.5, quantum_correction="harmonic", temperature=300.0)
-    np.testing.assert_allclose(quantum, classical * quantum_correction_factor(nu, 300.0))
+    t = np.arange(400) * 0.5e-15
+    mu = np.cos(2 * np.pi * 1000 * SPEED_OF_LIGHT_CM_S * t)[:, None] * np.ones(3)
+    # IR: the derivative spectrum already is the harmonic quantum-corrected absorption
+    with pytest.raises(MLIPError, match="already the absorption"):
+        ir_spectrum_from_dipoles(mu, 0.5, quantum_correction="harmonic", temperature=300.0)
     with pytest.raises(MLIPError, match="temperature"):
         ir_spectrum_from_dipoles(mu, 0.5, quantum_correction="harmonic")
+    # Raman: derivative spectrum D(ω) → Stokes line shape QCF(ω) · D(ω) / (ω / 1000 cm⁻¹)²
+    alpha = np.eye(3) * (1.0 + 0.1 * np.cos(2 * np.pi * 800 * SPEED_OF_LIGHT_CM_S * t))[:, None, None]
+    classical = raman_spectrum_from_polarizabilities(alpha, 0.5)
+    quantum = raman_spectrum_from_polarizabilities(
+        alpha, 0.5, quantum_correction="harmonic", temperature=300.0
+    )
+    nu = classical["wavenumbers"]
+    expected = classical["isotropic"][1:] * quantum_correction_factor(nu[1:], 300.0) / (nu[1:] / 1000.0) ** 2
+    np.testing.assert_allclose(quantum["isotropic"][1:], expected, rtol=1e-12)
+    assert quantum["isotropic"][0] == 0.0
 
 
 def test_raman_invariants_are_rotation_invariant_and_match_the_definition():
