@@ -186,6 +186,10 @@ class MLIPModel(nn.Module):
         receivers, senders = data.edge_index[0], data.edge_index[1]
 
         need_grad = (compute_forces or compute_stress) and self.has_energy
+        # tensor outputs need an autograd graph only in training or when the caller differentiates
+        # them (positions that already require grad, e.g. Born charges); otherwise they are computed
+        # without one, and the energy graph is not kept for them
+        tensors_need_graph = self.tensor_heads is not None and (training or pos.requires_grad)
         strain = None
         if need_grad:
             pos = pos.detach().requires_grad_(True) if not pos.requires_grad else pos
@@ -220,7 +224,7 @@ class MLIPModel(nn.Module):
                     energy.sum(),
                     inputs,
                     create_graph=training,
-                    retain_graph=training or self.tensor_heads is not None,
+                    retain_graph=training or tensors_need_graph,
                 )
                 if compute_forces:
                     out[FORCES] = -grads[0]
@@ -229,7 +233,8 @@ class MLIPModel(nn.Module):
                     out[VIRIAL] = -dE_deps
                     out[STRESS] = stress_from_strain_derivative(dE_deps, data.cell.view(-1, 3, 3), data.pbc)
         if self.tensor_heads is not None:
-            out.update(self.tensor_heads(features, density, batch, num_graphs))
+            with torch.set_grad_enabled(torch.is_grad_enabled() and tensors_need_graph):
+                out.update(self.tensor_heads(features, density, batch, num_graphs))
         return out
 
 
