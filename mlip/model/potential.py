@@ -145,6 +145,15 @@ class MLIPModel(nn.Module):
             self._e0_cache = cached
         return cached
 
+    def atomic_energy_parts(
+        self, features: list[torch.Tensor], species: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-atom energies as ``(interaction [N] in the model's dtype, E0 [N] float64)``, eV, from
+        the backbone's features and species indices: an atom's energy is their sum. Kept apart so
+        totals can accumulate in float64 (:meth:`forward`); :mod:`mlip.model.export` uses it too."""
+        interaction = self.scale * self.energy_head(features) + self.shift
+        return interaction, self._e0_float64(interaction.device)[species]
+
     @property
     def tensor_target_names(self) -> list[str]:
         return [s.name for s in self.target_specs if s.is_tensor]
@@ -208,12 +217,10 @@ class MLIPModel(nn.Module):
 
         out: dict[str, torch.Tensor] = {}
         if self.has_energy:
-            eps = self.energy_head(features)
-            interaction = self.scale * eps + self.shift
             # E0s come from the exact float64 values in the hyperparameters (a float32 buffer would
             # round them), and totals accumulate in float64: a float32 model
             # still gives the total of 10⁵ atoms (≈ −10⁸ eV of reference energies) to below a meV.
-            e0_64 = self._e0_float64(pos.device)[species]
+            interaction, e0_64 = self.atomic_energy_parts(features, species)
             node_energy = interaction + e0_64.to(interaction.dtype)
             energy = _scatter_sum(interaction.double() + e0_64, batch, num_graphs)
             out[ENERGY] = energy
