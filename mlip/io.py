@@ -18,20 +18,24 @@ import torch
 from mlip.errors import MLIPError
 
 
-def atomic_write_bytes_via(path: str, write) -> None:
-    """Call ``write(file_object)`` on a temporary file, fsync it, and rename it to ``path``."""
+def atomic_write_path_via(path: str, produce, suffix: str = "") -> None:
+    """Call ``produce(tmp_path)`` to write a temporary file next to ``path`` (its name ending in
+    ``suffix``, for writers that insist on an extension), fsync it, and rename it to ``path``."""
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
     try:
         os.makedirs(folder, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-" + os.path.basename(path), dir=folder)
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-" + os.path.basename(path), suffix=suffix, dir=folder)
+        os.close(fd)
     except OSError as err:
         raise MLIPError(f"{path}: cannot write ({err.strerror})") from None
     try:
-        with os.fdopen(fd, "wb") as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
+        produce(tmp)
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
         os.replace(tmp, path)
         dir_fd = os.open(folder, os.O_RDONLY)
         try:
@@ -42,6 +46,16 @@ def atomic_write_bytes_via(path: str, write) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def atomic_write_bytes_via(path: str, write) -> None:
+    """Call ``write(file_object)`` on a temporary file, fsync it, and rename it to ``path``."""
+
+    def produce(tmp: str) -> None:
+        with open(tmp, "wb") as handle:
+            write(handle)
+
+    atomic_write_path_via(path, produce)
 
 
 def atomic_torch_save(obj: Any, path: str) -> None:

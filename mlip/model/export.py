@@ -91,8 +91,8 @@ class LocalEnergyModel(nn.Module):
         with torch.enable_grad():
             index = model.species_index(species)
             features, _ = model.backbone(index, edge_index, edge_vectors)
-            interaction = model.scale * model.energy_head(features) + model.shift
-            energies = interaction + model.e0.to(interaction.dtype)[index]
+            interaction, e0 = model.atomic_energy_parts(features, index)
+            energies = interaction + e0.to(interaction.dtype)
             # a mask rather than energies[:n_local]: no data-dependent shape, which AOTInductor
             # cannot lower
             is_local = torch.arange(energies.shape[0], device=energies.device) < n_local
@@ -167,9 +167,7 @@ def save_export(model: MLIPModel, path: str, dtype: str = "float64", aoti: bool 
 
     Written to a temporary file in the same folder and renamed, so ``path`` is never partial.
     """
-    import os
-
-    from mlip.io import atomic_write_bytes_via
+    from mlip.io import atomic_write_bytes_via, atomic_write_path_via
 
     program = export_program(model, dtype)
     metadata = export_metadata(model, dtype)
@@ -179,17 +177,12 @@ def save_export(model: MLIPModel, path: str, dtype: str = "float64", aoti: bool 
         return
     from torch._inductor import aoti_compile_and_package
 
-    folder = os.path.dirname(os.path.abspath(path))
-    tmp = os.path.join(folder, f".tmp-{os.getpid()}-{os.path.basename(path)}")
-    if not tmp.endswith(".pt2"):
-        tmp += ".pt2"
-    try:
-        configs = {"aot_inductor.metadata": {f"mlip_{k}": v for k, v in metadata.items()}}
-        aoti_compile_and_package(program, package_path=tmp, inductor_configs=configs)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    configs = {"aot_inductor.metadata": {f"mlip_{k}": v for k, v in metadata.items()}}
+    atomic_write_path_via(
+        path,
+        lambda tmp: aoti_compile_and_package(program, package_path=tmp, inductor_configs=configs),
+        suffix=".pt2",  # the package writer wants the extension
+    )
 
 
 def load_export_metadata(path: str) -> dict[str, str]:
