@@ -41,26 +41,24 @@ def closest_pairs(atoms) -> dict[tuple[str, str], tuple[float, int, int]]:
     return out
 
 
-def diagnose(run: str, test: str, train_minimum: dict, frames: list, refs, results: str) -> dict:
-    record = json.load(open(os.path.join(results, "curves", f"{run}.json")))
-    snapshot = record["worker"]["snapshots"][-1]
-    pred = np.load(snapshot["files"][test])
-    errors = [pred[f"{i}/forces"] - refs[f"{i}/forces"] for i in range(len(frames))]
+def final_predictions(run: str, test: str, results: str) -> tuple[float, dict]:
+    """(mark in minutes, predictions on ``test``) of a run's last snapshot."""
+    with open(os.path.join(results, "curves", f"{run}.json")) as handle:
+        snapshot = json.load(handle)["worker"]["snapshots"][-1]
+    return snapshot["mark_min"], np.load(snapshot["files"][test])
+
+
+def diagnose(run: str, minutes: float, pred, refs, closer: np.ndarray) -> dict:
+    """Force-error figures of one run (module docstring); ``closer`` ``[S]`` marks the structures with
+    a pair closer than any in training."""
+    errors = [pred[f"{i}/forces"] - refs[f"{i}/forces"] for i in range(len(closer))]
     per_structure = np.array([np.sqrt(np.mean(e**2)) for e in errors]) * 1e3  # meV/Å
     components = np.concatenate([np.abs(e).ravel() for e in errors]) * 1e3
     squared = np.sort(per_structure**2)[::-1]
-    worst = max(1, round(0.05 * len(frames)))
-    closer = np.array(
-        [
-            any(
-                d < train_minimum[k] - 1e-6 for k, (d, _, _) in closest_pairs(a).items() if k in train_minimum
-            )
-            for a in frames
-        ]
-    )
+    worst = max(1, round(0.05 * len(closer)))
     out = {
         "run": run,
-        "minutes": snapshot["mark_min"],
+        "minutes": minutes,
         "force_rmse": float(np.sqrt(np.mean(components**2))),
         "force_mae": float(components.mean()),
         "per_structure_rmse": {
@@ -105,7 +103,17 @@ def main(argv: list[str] | None = None) -> int:
         {"-".join(k): round(v, 3) for k, v in train_minimum.items()},
     )
     runs = [r for r in args.runs.split(",") if r]
-    report = [diagnose(r, args.test, train_minimum, frames, refs, args.results) for r in runs]
+    closer = np.array(
+        [
+            any(
+                d < train_minimum[k] - 1e-6 for k, (d, _, _) in closest_pairs(a).items() if k in train_minimum
+            )
+            for a in frames
+        ]
+    )
+    finals = [final_predictions(r, args.test, args.results) for r in runs]
+    preds = [pred for _, pred in finals]
+    report = [diagnose(r, minutes, pred, refs, closer) for r, (minutes, pred) in zip(runs, finals)]
     print(f"\n{args.task} / {args.test}: {len(frames)} structures; forces in meV/Å")
     header = (
         "| run | RMSE | MAE | per-structure median / p90 / p99 / max | worst 5 %: share of error², "
@@ -123,14 +131,6 @@ def main(argv: list[str] | None = None) -> int:
         )
     first = np.array(report[0]["per_structure"])
     print(f"\nworst structures of {runs[0]}: the atom with the largest force error and its closest neighbour")
-    preds = [
-        np.load(
-            json.load(open(os.path.join(args.results, "curves", f"{r}.json")))["worker"]["snapshots"][-1][
-                "files"
-            ][args.test]
-        )
-        for r in runs
-    ]
     for i in np.argsort(-first)[: args.worst]:
         atoms = frames[i]
         ref_f = refs[f"{i}/forces"]
