@@ -503,6 +503,14 @@ MACE_RECIPE_WEIGHTS: dict[str, dict] = {
     "water": {"stage_one": {"dipole": 1.0, "polarizability": 1.0}, "stage_two": None},
 }
 
+# The weighting mlip's configs/accurate.yaml recommends (forces 10 : energy 1, energy ×100 in stage
+# two), for MACE runs that use the same weighting as mlip (``peer_mace.py train --weights mlip``;
+# MACE allows any weights, so a comparison can hold them equal between codes).
+MLIP_ACCURATE_WEIGHTS: dict[str, dict] = {
+    "stage_one": {"energy": 1.0, "forces": 10.0},
+    "stage_two": {"energy": 100.0, "forces": 10.0},
+}
+
 # Stage two (MACE's "swa") starts at this fraction of the wall-clock budget (MACE's default
 # --start_swa is 75 % of --max_num_epochs; with a time budget the fraction applies to time).
 STAGE_TWO_FRACTION = 0.75

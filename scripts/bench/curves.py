@@ -107,10 +107,11 @@ def resolve_size(code: str, task: str, size: str) -> str:
 
 
 def size_label(code: str, size: str, args) -> str:
-    """The size as runs and tables name it: ``medium``, or ``medium+VARIANT`` for a non-default mlip
-    set-up (``--mlip-variant``: other loss weights or overrides get their own runs and rows)."""
-    variant = getattr(args, "mlip_variant", None)
-    return f"{size}+{variant}" if code == "mlip" and variant else size
+    """The size as runs and tables name it: ``medium``, or ``medium+VARIANT`` for a non-default
+    set-up of that code (``--mlip-variant``, ``--mace-variant``: other loss weights or overrides get
+    their own runs and rows)."""
+    variant = getattr(args, f"{code}_variant", None)
+    return f"{size}+{variant}" if variant else size
 
 
 def run_name(task: str, code: str, size: str, budget: float, seed: int) -> str:
@@ -142,6 +143,8 @@ def worker_command(
         cmd += ["--weights", args.mlip_weights]
         for o in args.mlip_override or []:
             cmd += ["-o", o]
+    if code == "mace" and getattr(args, "mace_weights", "recipe") != "recipe":
+        cmd += ["--weights", args.mace_weights]
     return cmd
 
 
@@ -224,8 +227,18 @@ def log(msg: str) -> None:
 # ----------------------------------------------------------------------------- campaigns
 
 
+def check_variants(args) -> None:
+    """A non-default set-up must be named, or its runs would overwrite the default set-up's."""
+    if getattr(args, "mace_weights", "recipe") != "recipe" and not getattr(args, "mace_variant", None):
+        raise SystemExit("run.py: --mace-weights mlip needs --mace-variant NAME (e.g. w10)")
+    custom_mlip = getattr(args, "mlip_weights", "mace") != "mace" or getattr(args, "mlip_override", None)
+    if custom_mlip and not getattr(args, "mlip_variant", None):
+        raise SystemExit("run.py: --mlip-weights config / --mlip-override need --mlip-variant NAME")
+
+
 def run_curves(args) -> None:
     """Seed-major order: every task and code for seed 0 first, so a partial campaign compares codes."""
+    check_variants(args)
     budgets = parse_budgets(args.budget_spec, args.tasks)
     sizes = parse_sizes(args.sizes, args.codes, {c: [DEFAULT_SIZES[c]] for c in args.codes})
     for seed in args.seeds:
@@ -239,6 +252,7 @@ def run_curves(args) -> None:
 
 def run_pareto(args) -> None:
     """Train every size of every code on ``args.pareto_task`` with one budget, then time them."""
+    check_variants(args)
     task = args.pareto_task
     if task not in ENERGY_TASKS:
         raise ValueError(f"the Pareto front needs an energy task ({', '.join(ENERGY_TASKS)}), got {task}")

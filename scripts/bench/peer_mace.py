@@ -27,6 +27,7 @@ sys.path.insert(0, HERE)
 
 from common import (  # noqa: E402
     MACE_RECIPE_WEIGHTS,
+    MLIP_ACCURATE_WEIGHTS,
     STAGE_TWO_FRACTION,
     BudgetReached,
     CallTimer,
@@ -93,8 +94,11 @@ def _e0s_arg(split: dict, zs: list[int]) -> str:
     return "average"
 
 
-def task_args(task: str, split: dict, size: str = "default") -> list[str]:
-    """mace_run_train arguments of a task (data, model, loss, weights, stage two, size)."""
+def task_args(task: str, split: dict, size: str = "default", weights: str = "recipe") -> list[str]:
+    """mace_run_train arguments of a task (data, model, loss, weights, stage two, size).
+
+    ``weights``: "recipe" (MACE's documented weights) or "mlip" (mlip's accurate.yaml weighting,
+    energy + forces tasks only, for comparisons at equal loss weights)."""
     import ase.io
 
     size = DEFAULT_SIZE[task] if size == "default" else size
@@ -103,6 +107,10 @@ def task_args(task: str, split: dict, size: str = "default") -> list[str]:
     zs = sorted({int(z) for a in frames for z in a.numbers})
     files = ["--train_file", split["train"], "--valid_file", split["valid"]]
     w = MACE_RECIPE_WEIGHTS[task]
+    if weights == "mlip":
+        if task not in ("ethanol", "acac"):
+            raise SystemExit(f"peer_mace.py: --weights mlip is defined for ethanol and acac, not {task}")
+        w = MLIP_ACCURATE_WEIGHTS
 
     def batch(size: int) -> str:  # MACE drops the last incomplete batch: at most the training set
         return str(min(size, len(frames)))
@@ -322,7 +330,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     argv = [
         "mace_run_train", "--name", "mace", "--work_dir", work,
         "--seed", str(args.seed), "--device", args.device,
-    ] + COMMON_ARGS + task_args(args.task, split, size)  # fmt: skip
+    ] + COMMON_ARGS + task_args(args.task, split, size, args.weights)  # fmt: skip
     state = {
         "epochs": 0, "steps": 0, "structures": 0, "train_phase_s": 0.0,
         "best": None, "best_epoch": None, "stage_two_epoch": None, "stage_two_s": None,
@@ -508,6 +516,13 @@ def main() -> None:
     t.add_argument("--no-test", action="store_true")
     t.add_argument("--marks", default=None, help="snapshot marks in training minutes, e.g. 1,2,5")
     t.add_argument("--size", default="default", choices=["default", *SIZES])
+    t.add_argument(
+        "--weights",
+        default="recipe",
+        choices=["recipe", "mlip"],
+        help="loss weights: MACE's recipe (default) or mlip's accurate.yaml weighting "
+        "(forces 10 : energy 1, energy ×100 in stage two)",
+    )
     s = sub.add_parser("serve")
     s.add_argument("--threads", type=int, default=2)
     args = p.parse_args()

@@ -610,6 +610,18 @@ def main(argv: list[str] | None = None) -> int:
         help="label of a non-default mlip set-up (--mlip-weights config, --mlip-override): its runs are "
         "named and tabulated as SIZE+NAME, e.g. medium+w10",
     )
+    g.add_argument(
+        "--mace-weights",
+        default="recipe",
+        choices=["recipe", "mlip"],
+        help="MACE's loss weights: its recipe (default) or mlip's accurate.yaml weighting (ethanol, acac)",
+    )
+    g.add_argument(
+        "--mace-variant",
+        default=None,
+        metavar="NAME",
+        help="label of a non-default MACE set-up (--mace-weights mlip): runs and rows named SIZE+NAME",
+    )
     g.add_argument("--pareto-batch", type=int, default=32, help="pareto timing: molecules per batch")
     g.add_argument("--pareto-atoms", type=int, default=512, help="pareto timing (carbon): diamond cell atoms")
     g.add_argument("--n-train", type=int, default=950, help="ethanol training structures")

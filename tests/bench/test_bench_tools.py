@@ -63,3 +63,19 @@ def test_equal_error_ratio_interpolates_the_front_log_log():
     rows = equal_error_ratio([(20.0 * 2**0.5, 50.0), (5.0, 10.0)], mace)
     assert rows[0]["throughput_ratio"] == pytest.approx(4.0)
     assert rows[1]["throughput_ratio"] is None  # outside MACE's range: no extrapolation
+
+
+def test_variant_runs_are_named_and_a_custom_setup_must_be_named():
+    """--mace-weights mlip / --mlip-weights config get their own run names, and fail unnamed."""
+    from types import SimpleNamespace
+
+    from curves import check_variants, size_label
+
+    named = SimpleNamespace(mace_weights="mlip", mace_variant="w10", mlip_weights="mace", mlip_variant=None)
+    assert size_label("mace", "large", named) == "large+w10"
+    assert size_label("mlip", "medium", named) == "medium"
+    check_variants(named)
+    with pytest.raises(SystemExit, match="--mace-variant"):
+        check_variants(SimpleNamespace(mace_weights="mlip", mace_variant=None, mlip_weights="mace"))
+    with pytest.raises(SystemExit, match="--mlip-variant"):
+        check_variants(SimpleNamespace(mace_weights="recipe", mlip_weights="config", mlip_variant=None))
