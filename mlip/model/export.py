@@ -91,7 +91,7 @@ class LocalEnergyModel(nn.Module):
         with torch.enable_grad():
             index = model.species_index(species)
             features, _ = model.backbone(index, edge_index, edge_vectors)
-            interaction, e0 = model.atomic_energy_parts(features, index)
+            interaction, e0 = model.atomic_energy_parts(features, index, edge_index, edge_vectors)
             energies = interaction + e0.to(interaction.dtype)
             # a mask rather than energies[:n_local]: no data-dependent shape, which AOTInductor
             # cannot lower

@@ -68,6 +68,9 @@ class MLIPModel(nn.Module):
         backbone: keyword arguments of :class:`~mlip.model.backbone.ScalarBackbone`.
         readout_hidden: width of the energy head MLP.
         tensor: keyword arguments of the tensor heads (see :mod:`mlip.model.tensor_heads`).
+        pair_repulsion: keyword arguments of a learned short-range pair repulsion added to the
+            atomic energies (:class:`~mlip.model.pair.PairRepulsion`; ``{}`` for its defaults), or
+            ``None`` for none.
         loss_scales: training-set loss normalisation per target and block (see
             :mod:`mlip.training.loss`); kept with the model so that resuming and evaluation use
             the values training used. Not used by ``forward``.
@@ -86,6 +89,7 @@ class MLIPModel(nn.Module):
         backbone: dict[str, Any] | None = None,
         readout_hidden: int = 64,
         tensor: dict[str, Any] | None = None,
+        pair_repulsion: dict[str, Any] | None = None,
         loss_scales: dict[str, list[float]] | None = None,
         label_means: dict[str, list[float]] | None = None,
     ) -> None:
@@ -104,6 +108,7 @@ class MLIPModel(nn.Module):
             "backbone": backbone,
             "readout_hidden": readout_hidden,
             "tensor": tensor,
+            "pair_repulsion": None if pair_repulsion is None else dict(pair_repulsion),
             "loss_scales": {str(k): [float(x) for x in v] for k, v in (loss_scales or {}).items()},
             "label_means": {str(k): [float(x) for x in v] for k, v in (label_means or {}).items()},
         }
@@ -122,6 +127,11 @@ class MLIPModel(nn.Module):
         num_layers = len(self.backbone.layers)
         self.has_energy = any(s.kind in ("energy", "forces", "stress") for s in self.target_specs)
         self.energy_head = EnergyHead(self.backbone.channels, num_layers, readout_hidden)
+        self.pair_repulsion: nn.Module | None = None
+        if pair_repulsion is not None:
+            from mlip.model.pair import PairRepulsion
+
+            self.pair_repulsion = PairRepulsion(species, **pair_repulsion)
         tensor_specs = [s for s in self.target_specs if s.is_tensor]
         self.tensor_heads: nn.Module | None = None
         if tensor_specs:
@@ -146,12 +156,19 @@ class MLIPModel(nn.Module):
         return cached
 
     def atomic_energy_parts(
-        self, features: list[torch.Tensor], species: torch.Tensor
+        self,
+        features: list[torch.Tensor],
+        species: torch.Tensor,
+        edge_index: torch.Tensor,
+        edge_vectors: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-atom energies as ``(interaction [N] in the model's dtype, E0 [N] float64)``, eV, from
-        the backbone's features and species indices: an atom's energy is their sum. Kept apart so
-        totals can accumulate in float64 (:meth:`forward`); :mod:`mlip.model.export` uses it too."""
+        the backbone's features, species indices and (for the pair repulsion, if any) the edges
+        ``[2, E]`` and edge vectors ``[E, 3]``: an atom's energy is their sum. Kept apart so totals
+        can accumulate in float64 (:meth:`forward`); :mod:`mlip.model.export` uses it too."""
         interaction = self.scale * self.energy_head(features) + self.shift
+        if self.pair_repulsion is not None:
+            interaction = interaction + self.pair_repulsion(species, edge_index, edge_vectors)
         return interaction, self._e0_float64(interaction.device)[species]
 
     @property
@@ -220,7 +237,7 @@ class MLIPModel(nn.Module):
             # E0s come from the exact float64 values in the hyperparameters (a float32 buffer would
             # round them), and totals accumulate in float64: a float32 model
             # still gives the total of 10⁵ atoms (≈ −10⁸ eV of reference energies) to below a meV.
-            interaction, e0_64 = self.atomic_energy_parts(features, species)
+            interaction, e0_64 = self.atomic_energy_parts(features, species, data.edge_index, edge_vectors)
             node_energy = interaction + e0_64.to(interaction.dtype)
             energy = _scatter_sum(interaction.double() + e0_64, batch, num_graphs)
             out[ENERGY] = energy

@@ -52,6 +52,7 @@ class ModelConfig:
     correlation: int = 2  # 2: power-spectrum invariants (3-body per layer); 3: + bispectrum (4-body)
     bispectrum_channels: int | None = None  # channels with bispectrum invariants (None: all)
     bond_channels: int = 0  # channels of the bond projections of the previous density (0 = off)
+    pair_repulsion: bool = False  # + a learned short-range pair repulsion (mlip.model.pair)
 
 
 @dataclass

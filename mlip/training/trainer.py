@@ -87,6 +87,7 @@ def build_model(cfg: Config, stats: DatasetStatistics, specs: list[TargetSpec]) 
             bispectrum_channels=m.bispectrum_channels,
         ),
         readout_hidden=m.readout_hidden,
+        pair_repulsion={} if m.pair_repulsion else None,
         tensor=dict(
             num_vectors=m.num_vectors,
             hidden=m.tensor_hidden,

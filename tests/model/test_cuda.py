@@ -43,6 +43,7 @@ def _model(architecture: str) -> MLIPModel:
         targets=targets,
         backbone=dict(channels=16, lmax=3, radial_hidden=16, avg_num_neighbours=8.0, **extra),
         tensor=dict(num_vectors=4, hidden=12),
+        pair_repulsion={} if architecture == "bispectrum+bonds" else None,
     ).double()
     perturb_weights(model, 0.1)
     return model.eval()

@@ -27,11 +27,13 @@ REL = 1e-10  # relative tolerance of exact symmetries in float64
 
 # ----------------------------------------------------------------------------- helpers
 # Backbone variants every test runs on: the plain power spectrum, and every optional feature on
-# (bispectrum invariants, bond projections of the previous density, three layers).
+# (bispectrum invariants, bond projections of the previous density, three layers, and the learned
+# short-range pair repulsion of mlip.model.pair).
 ARCHITECTURES = {
     "power-spectrum": dict(num_layers=2),
-    "bispectrum+bonds": dict(num_layers=3, correlation=3, bond_channels=4),
+    "bispectrum+bonds+pair": dict(num_layers=3, correlation=3, bond_channels=4),
 }
+WITH_PAIR_REPULSION = {"bispectrum+bonds+pair"}
 
 
 def _make_model(
@@ -46,6 +48,7 @@ def _make_model(
             channels=16, lmax=3, radial_hidden=16, avg_num_neighbours=8.0, **ARCHITECTURES[architecture]
         ),
         readout_hidden=16,
+        pair_repulsion={} if architecture in WITH_PAIR_REPULSION else None,
     ).double()
     perturb_weights(model, noise)
     with torch.no_grad():
@@ -167,6 +170,13 @@ def test_model_is_not_trivial(model):
     rattled = STRUCTURES["molecule"].copy()
     rattled.positions[0] += 0.05
     assert abs(_energy(model, rattled) - _energy(model, STRUCTURES["molecule"])) > 1e-3
+    if model.pair_repulsion is not None:  # the pair term takes part in every test of this model
+        for name in ("molecule", "diamond"):
+            g = atoms_to_graph(STRUCTURES[name], model.cutoff, dtype=torch.float64)
+            i, j = g.edge_index
+            vectors = g.pos[j] - g.pos[i] + g.unit_shifts @ g.cell.view(3, 3)
+            pair = model.pair_repulsion(model.species_index(g.numbers), g.edge_index, vectors)
+            assert pair.abs().max() > 1e-2, name
 
 
 # ----------------------------------------------------------------------------- symmetries

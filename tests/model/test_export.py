@@ -38,7 +38,7 @@ CUTOFF = 2.6
 
 
 def _model() -> MLIPModel:
-    """Two layers, bispectrum and bond projections (every backbone branch), noisy weights."""
+    """Two layers, bispectrum, bond projections and the pair repulsion (every branch), noisy weights."""
     torch.manual_seed(11)
     model = MLIPModel(
         [1, 6, 8],
@@ -57,6 +57,7 @@ def _model() -> MLIPModel:
             bond_channels=4,
         ),
         readout_hidden=8,
+        pair_repulsion={},
     ).double()
     return perturb_weights(model, 0.1).eval()
 
