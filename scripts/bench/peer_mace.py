@@ -397,7 +397,7 @@ def cmd_train(args: argparse.Namespace) -> None:
         "snapshots": writer.entries,
         "snapshot_rule": "best-validation model so far in the current stage (MACE's checkpoint: EMA weights)",
     }
-    if writer.entries:
+    if writer.entries and "test" in writer.entries[-1]["files"]:  # none with --no-test
         shutil.copy(writer.entries[-1]["files"]["test"], os.path.join(out, "test_predictions.npz"))
     write_json(os.path.join(out, "result.json"), result)
 

@@ -316,7 +316,8 @@ def cmd_train(args: argparse.Namespace) -> None:
         "snapshot_rule": "best-validation model so far (mlip's snapshots/model_<m>min.pt: EMA weights; "
         "the best-model tracking restarts at stage two)",
     }
-    if snapshots:  # the last snapshot also as the single-prediction file of benchmarks 1–5
+    # the last snapshot also as the single-prediction file of benchmarks 1–5 (none with --no-test)
+    if snapshots and "test" in snapshots[-1]["files"]:
         shutil.copy(snapshots[-1]["files"]["test"], os.path.join(out, "test_predictions.npz"))
     write_json(os.path.join(out, "result.json"), result)
 
