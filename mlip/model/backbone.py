@@ -289,6 +289,7 @@ class InteractionLayer(nn.Module):
         correlation: int = 2,
         bond_channels: int = 0,
         bispectrum_channels: int | None = None,
+        linear_update: bool = False,
     ) -> None:
         super().__init__()
         self.channels = channels
@@ -302,6 +303,13 @@ class InteractionLayer(nn.Module):
         self.update = mlp([channels + self.invariants.width, channels, channels])
         with torch.no_grad():  # start close to the identity map: small residual updates
             self.update[-1].weight.mul_(0.2)
+        # optional linear path from [h, invariants] next to the MLP: the invariants are polynomials
+        # of the density, and a linear path keeps their growth outside the trained range (SiLU
+        # networks continue roughly linearly in their pre-activations, MACE's features are products)
+        self.update_linear: nn.Linear | None = None
+        if linear_update:
+            self.update_linear = nn.Linear(channels + self.invariants.width, channels, bias=False)
+            nn.init.normal_(self.update_linear.weight, std=0.1 * (channels + self.invariants.width) ** -0.5)
         l_of_lm = torch.cat([torch.full((2 * l + 1,), l, dtype=torch.long) for l in range(lmax + 1)])
         self.register_buffer("l_of_lm", l_of_lm, persistent=False)
         self._register_load_state_dict_pre_hook(self._rename_old_keys)
@@ -363,8 +371,11 @@ class InteractionLayer(nn.Module):
         return self._update(h, density), density
 
     def _update(self, h: torch.Tensor, density: torch.Tensor) -> torch.Tensor:
-        """``h + MLP([h, A_00, p_1 .. p_L, b_paths])``."""
-        return h + self.update(torch.cat([h, *self.invariants(density)], dim=-1))
+        """``h + MLP(x)`` (``+ W x`` with ``linear_update``), ``x = [h, A_00, p_1 .. p_L, b_paths]``."""
+        x = torch.cat([h, *self.invariants(density)], dim=-1)
+        if self.update_linear is not None:
+            return h + self.update(x) + self.update_linear(x)
+        return h + self.update(x)
 
 
 class ScalarBackbone(nn.Module):
@@ -401,6 +412,7 @@ class ScalarBackbone(nn.Module):
         correlation: int = 2,
         bond_channels: int = 0,
         bispectrum_channels: int | None = None,
+        linear_update: bool = False,
     ) -> None:
         super().__init__()
         self.lmax = lmax
@@ -417,6 +429,7 @@ class ScalarBackbone(nn.Module):
                 correlation,
                 bond_channels if t > 0 else 0,
                 bispectrum_channels,
+                linear_update,
             )
             for t in range(num_layers)
         )

@@ -53,6 +53,7 @@ class ModelConfig:
     bispectrum_channels: int | None = None  # channels with bispectrum invariants (None: all)
     bond_channels: int = 0  # channels of the bond projections of the previous density (0 = off)
     pair_repulsion: bool = False  # + a learned short-range pair repulsion (mlip.model.pair)
+    linear_update: bool = False  # + a linear path next to each layer's update MLP
 
 
 @dataclass

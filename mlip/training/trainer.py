@@ -85,6 +85,7 @@ def build_model(cfg: Config, stats: DatasetStatistics, specs: list[TargetSpec]) 
             correlation=m.correlation,
             bond_channels=m.bond_channels,
             bispectrum_channels=m.bispectrum_channels,
+            linear_update=m.linear_update,
         ),
         readout_hidden=m.readout_hidden,
         pair_repulsion={} if m.pair_repulsion else None,

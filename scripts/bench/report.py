@@ -45,6 +45,9 @@ TARGET_NAMES = {
 }
 
 
+NO_GPU = "no GPU (sections 1–6; the GPU figures are in section 7)"
+
+
 def _g(x: float | None, digits: int = 3) -> str:
     """3 significant digits, no exponent for ordinary magnitudes (12 300, 45.6, 0.0123)."""
     if x is None:
@@ -277,7 +280,7 @@ def write_benchmarks_md(results_dir: str, path: str) -> None:
         f"{machine.get('affinity', '?')} cores available to the run, shared with other jobs (timings are "
         "noisy: repeats are interleaved across "
         f"codes and ratios are taken within a round), {machine.get('mem_total_gib', '?')} GiB RAM; "
-        f"{'GPUs: ' + ', '.join(machine['gpus']) if machine.get('gpus') else 'no GPU in this session'}. "
+        f"{'GPUs: ' + ', '.join(machine['gpus']) if machine.get('gpus') else NO_GPU}. "
         f"torch threads = {machine.get('torch_threads', '?')} for every code.",
         "",
         "Versions: " + ", ".join(_versions({**results, **campaign.get("version_sources", {})})) + ".",

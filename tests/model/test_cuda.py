@@ -27,7 +27,9 @@ TOL = 1e-10  # relative, float64: the same arithmetic up to summation order
 
 
 def _model(architecture: str) -> MLIPModel:
-    extra = dict(correlation=3, bond_channels=4, num_layers=3) if architecture == "bispectrum+bonds" else {}
+    extra = {}
+    if architecture == "bispectrum+bonds":
+        extra = dict(correlation=3, bond_channels=4, num_layers=3, linear_update=True)
     targets = [
         {"name": "energy", "kind": "energy", "key": "energy"},
         {"name": "forces", "kind": "forces", "key": "forces"},

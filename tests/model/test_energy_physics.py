@@ -28,10 +28,10 @@ REL = 1e-10  # relative tolerance of exact symmetries in float64
 # ----------------------------------------------------------------------------- helpers
 # Backbone variants every test runs on: the plain power spectrum, and every optional feature on
 # (bispectrum invariants, bond projections of the previous density, three layers, and the learned
-# short-range pair repulsion of mlip.model.pair).
+# short-range pair repulsion of mlip.model.pair and the linear update path).
 ARCHITECTURES = {
     "power-spectrum": dict(num_layers=2),
-    "bispectrum+bonds+pair": dict(num_layers=3, correlation=3, bond_channels=4),
+    "bispectrum+bonds+pair": dict(num_layers=3, correlation=3, bond_channels=4, linear_update=True),
 }
 WITH_PAIR_REPULSION = {"bispectrum+bonds+pair"}
 

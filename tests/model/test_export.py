@@ -55,6 +55,7 @@ def _model() -> MLIPModel:
             avg_num_neighbours=6.0,
             correlation=3,
             bond_channels=4,
+            linear_update=True,
         ),
         readout_hidden=8,
         pair_repulsion={},
