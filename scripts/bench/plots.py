@@ -58,17 +58,20 @@ def _panels(runs: list[dict], task: str) -> list[tuple[str, str]]:
     return sorted(seen, key=lambda p: (p[0] != "test", p[0], order[p[1]]))
 
 
-STYLES = (("o", "-"), ("s", "--"), ("^", ":"), ("D", "-."), ("v", (0, (5, 1))))
+MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "<")
+LINES = ("-", "--", ":", "-.")  # with 9 markers: 36 distinct (marker, line) pairs per code
 
 
-def _style(code: str, size: str, sizes_per_code: dict[str, list[str]]) -> tuple[str, object]:
-    """(marker, line style) of a size/variant within its code (the code's first size: ``o-``)."""
-    names = sorted(sizes_per_code[code], key=lambda s: order_key((code, s)))
-    return STYLES[names.index(size) % len(STYLES)]
+def _style(code: str, entry: tuple[str, float], entries_per_code: dict[str, set]) -> tuple[str, object]:
+    """(marker, line style) of a (size/variant, budget) within its code (the code's first: ``o-``)."""
+    names = sorted(entries_per_code[code], key=lambda e: (order_key((code, e[0])), e[1]))
+    i = names.index(entry)
+    return MARKERS[i % len(MARKERS)], LINES[i % len(LINES)]
 
 
-def _label(code: str, size: str, budget: float, several_sizes: bool) -> str:
-    return f"{LABELS.get(code, code)} ({size})" if several_sizes else LABELS.get(code, code)
+def _label(code: str, size: str, budget: float, several_sizes: bool, several_budgets: bool) -> str:
+    label = f"{LABELS.get(code, code)} ({size})" if several_sizes else LABELS.get(code, code)
+    return label + (f", {budget:g}-min run" if several_budgets else "")
 
 
 def plot_curves(runs: list[dict], task: str, path: str):
@@ -82,8 +85,10 @@ def plot_curves(runs: list[dict], task: str, path: str):
     for ax, (test, target) in zip(axes.flat, panels):
         table = curve_table(runs, task, test, target)
         sizes_per_code: dict[str, set] = {}
-        for code, size, _ in table:
+        entries_per_code: dict[str, set] = {}
+        for code, size, budget in table:
             sizes_per_code.setdefault(code, set()).add(size)
+            entries_per_code.setdefault(code, set()).add((size, budget))
         for (code, size, budget), marks in sorted(table.items(), key=lambda kv: order_key(kv[0])):
             xs = [m["train_min"] for m in marks.values()]
             mean = [m["mean"] for m in marks.values()]
@@ -91,8 +96,10 @@ def plot_curves(runs: list[dict], task: str, path: str):
             hi = [m["max"] for m in marks.values()]
             n = max(m["n"] for m in marks.values())
             colour = COLOURS.get(code)
-            label = _label(code, size, budget, len(sizes_per_code[code]) > 1) + f", {n} seed{'s' * (n > 1)}"
-            marker, line = _style(code, size, sizes_per_code)
+            several_budgets = len({b for _, b in entries_per_code[code]}) > 1
+            label = _label(code, size, budget, len(sizes_per_code[code]) > 1, several_budgets)
+            label += f", {n} seed{'s' * (n > 1)}"
+            marker, line = _style(code, (size, budget), entries_per_code)
             ax.plot(xs, mean, marker=marker, linestyle=line, color=colour, label=label, ms=3.5)
             ax.fill_between(xs, lo, hi, color=colour, alpha=0.2, lw=0)
         unit = WATER_UNITS.get(target) if task == "water" else UNITS[target]
@@ -102,9 +109,16 @@ def plot_curves(runs: list[dict], task: str, path: str):
         ax.set_xlabel("training time (min)")
         ax.set_ylabel(f"RMSE ({unit})")
         ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=7)
-    for ax in list(axes.flat)[len(panels) :]:
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    spare = list(axes.flat)[len(panels) :]
+    for ax in spare:
         ax.set_visible(False)
+    if spare:  # one legend for every panel, in the first unused panel's place
+        spare[0].set_visible(True)
+        spare[0].axis("off")
+        spare[0].legend(handles, labels, fontsize=7, loc="center")
+    else:
+        axes.flat[0].legend(handles, labels, fontsize=6)
     fig.tight_layout()
     os.makedirs(os.path.dirname(path), exist_ok=True)
     fig.savefig(path, dpi=110)
