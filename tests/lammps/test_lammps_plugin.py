@@ -369,6 +369,7 @@ def test_nve_matches_ase(plugin, exported, reference, tmp_path, name, ranks, new
 
 ERRORS = {
     "missing model": ("mlip missing.pt2", "H C O", "metal", "cannot read model file"),
+    "not a package": ("mlip notes.pt2", "H C O", "metal", "cannot load 'notes.pt2' as an AOTInductor"),
     "element not in model": ("mlip MODEL", "H C N", "metal", "element N (type 3) is not in the model"),
     "not an element": ("mlip MODEL", "H C Xx", "metal", "'Xx' (type 3) is not an element symbol"),
     "wrong units": ("mlip MODEL", "H C O", "real", "requires 'units metal'"),
@@ -381,6 +382,7 @@ def test_errors_are_one_clear_line(plugin, exported, tmp_path, case):
     style, elements, unit_style, message = ERRORS[case]
     _, model_file = exported
     _write_data(_molecule(), tmp_path / "data.lmp")
+    (tmp_path / "notes.pt2").write_text("not a zip archive\n")
     script = f"""
 plugin load {plugin}
 units {unit_style}
