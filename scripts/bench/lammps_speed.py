@@ -197,7 +197,6 @@ run {args.steps}
 def time_ase(model_pt: Path, atoms, args) -> float:
     import torch
     from ase import units
-    from ase.md.velocitydistribution import MaxwellBoltzmannDistribution
     from ase.md.verlet import VelocityVerlet
 
     from mlip.calculators.ase_calculator import MLIPCalculator
@@ -205,7 +204,10 @@ def time_ase(model_pt: Path, atoms, args) -> float:
     torch.set_num_threads(args.threads)
     atoms = atoms.copy()
     atoms.calc = MLIPCalculator(str(model_pt), device="cpu", dtype="float32", skin=1.0)
-    MaxwellBoltzmannDistribution(atoms, temperature_K=300, rng=np.random.default_rng(0))
+    masses = atoms.get_masses()[:, None]  # Maxwell–Boltzmann at 300 K, like LAMMPS's velocity create
+    atoms.set_velocities(
+        np.random.default_rng(0).normal(size=(len(atoms), 3)) * np.sqrt(300 * units.kB / masses)
+    )
     dyn = VelocityVerlet(atoms, timestep=0.5 * units.fs)
     dyn.run(args.warmup)
     start = time.perf_counter()

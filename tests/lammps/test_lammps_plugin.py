@@ -37,7 +37,6 @@ import torch
 from ase import Atoms, units
 from ase.build import bulk, molecule
 from ase.data import atomic_masses
-from ase.md.velocitydistribution import MaxwellBoltzmannDistribution, Stationary
 from ase.md.verlet import VelocityVerlet
 
 from mlip.calculators.ase_calculator import MLIPCalculator
@@ -180,9 +179,12 @@ SYSTEMS = {"periodic": _crystal, "molecule": _molecule}
 
 
 def _initial(name: str) -> Atoms:
+    """The system with Maxwell–Boltzmann velocities at 600 K, total momentum zero."""
     atoms = SYSTEMS[name]()
-    MaxwellBoltzmannDistribution(atoms, temperature_K=600, rng=np.random.default_rng(7))
-    Stationary(atoms)
+    masses = atoms.get_masses()[:, None]
+    velocities = np.random.default_rng(7).normal(size=(len(atoms), 3)) * np.sqrt(600 * units.kB / masses)
+    velocities -= (masses * velocities).sum(0) / masses.sum()
+    atoms.set_velocities(velocities)
     return atoms
 
 
