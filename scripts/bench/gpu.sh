@@ -9,7 +9,10 @@
 # 3. inference throughput (energy + forces, float32) of mlip and of MACE (where mace-torch
 #    imports), interleaved in one session (scripts/bench/run.py inference --device cuda);
 # 4. a GPU training run on ethanol (configs/accurate.yaml, TRAIN_MIN minutes, default 4) and its
-#    test errors, to set next to the CPU learning curve (BENCHMARKS.md section 1).
+#    test errors, to set next to the CPU learning curve (BENCHMARKS.md section 1);
+# 5. (only when STEPS names it) learning curves of both codes on acetylacetone on the GPU, trained
+#    side by side on the one card for CURVE_MIN minutes (mlip configs/accurate.yaml set-up, MACE its
+#    recipe; the same run.py curves runs as on the CPU, --device cuda), test errors at snapshots.
 #
 # A GPU image usually has torch (and torch-geometric) but not ase, matscipy or mace-torch, and often
 # no internet. Prepare here, with internet, then carry .whl and .gpu-bench to the GPU machine:
@@ -21,6 +24,8 @@
 # the end says which passed. Results: OUT_DIR (default /tmp/mlip-gpu), and where $OUT is set (the
 # device tool's folder that comes back) one archive of them, $OUT/gpu_results.tgz, plus the summary.
 # Environment: DEVICE (default cuda; cpu for a dry run of this script), TRAIN_MIN (whole minutes),
+# CURVE_MIN and CURVE_MARKS (step 5; default 6 and 1,2,4,6), CURVE_THREADS (CPU threads per code,
+# default 4), STEPS (the steps to run, default "device cuda_vs_cpu inference train_ethanol"),
 # DEADLINE_S (default 570: no step runs past it, so the archive is written inside a 10-min slot),
 # PYTHON.
 set -uo pipefail
@@ -59,6 +64,10 @@ export PYTHONUNBUFFERED=1
 PY=${PYTHON:-python3}
 DEVICE=${DEVICE:-cuda}
 TRAIN_MIN=${TRAIN_MIN:-4}
+CURVE_MIN=${CURVE_MIN:-6}
+CURVE_MARKS=${CURVE_MARKS:-1,2,4,6}
+CURVE_THREADS=${CURVE_THREADS:-4}
+STEPS=${STEPS:-device cuda_vs_cpu inference train_ethanol}
 DEADLINE_S=${DEADLINE_S:-570}
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 if [[ -d .whl ]]; then
@@ -76,6 +85,9 @@ declare -A STATUS
 step() {  # step NAME SECONDS COMMAND...: run with a time limit, log to OUT_DIR/NAME.log
     local name=$1 limit=$2
     shift 2
+    if [[ " $STEPS " != *" $name "* ]]; then
+        return
+    fi
     local left=$((DEADLINE_S - SECONDS - 15))  # 15 s kept for the archive
     if ((left < 10)); then
         STATUS[$name]="skipped: deadline"
@@ -100,10 +112,30 @@ step train_ethanol $((TRAIN_MIN * 60 + 90)) "$PY" -m mlip train configs/accurate
     -o "training.snapshot_minutes=[0.5,1,2,$TRAIN_MIN]"
 cp "$OUT_DIR/ethanol/metrics.csv" "$OUT_DIR/ethanol/test_metrics.json" "$OUT_DIR/" 2>/dev/null
 
+curves_both() {  # both codes at once on the one GPU, each its own work folder and results
+    local code pids=()
+    for code in mlip mace; do
+        local extra=()
+        [[ $code == mlip ]] && extra=(--sizes mlip=medium --mlip-weights config --mlip-variant w10)
+        "$PY" scripts/bench/run.py curves --tasks acac --codes "$code" "${extra[@]}" --seeds 0 \
+            --budget-min "$CURVE_MIN" --marks "$CURVE_MARKS" --device "$DEVICE" --threads "$CURVE_THREADS" \
+            --peers-python "$PEERS_PY" --work-dir "$OUT_DIR/curves_work_$code" \
+            --results "$OUT_DIR/curves_results_$code" > "$OUT_DIR/curves_$code.log" 2>&1 &
+        pids+=($!)
+    done
+    local rc=0 pid
+    for pid in "${pids[@]}"; do wait "$pid" || rc=1; done
+    tail -n 5 "$OUT_DIR"/curves_*.log
+    return $rc
+}
+step curves $((CURVE_MIN * 60 + 120)) bash -c "$(declare -f curves_both); \
+    PY=$PY CURVE_MIN=$CURVE_MIN CURVE_MARKS=$CURVE_MARKS DEVICE=$DEVICE CURVE_THREADS=$CURVE_THREADS \
+    PEERS_PY=$PEERS_PY OUT_DIR=$OUT_DIR curves_both"
+
 echo "=== summary"
-for name in device cuda_vs_cpu inference train_ethanol; do
+for name in $STEPS; do
     echo "$name: ${STATUS[$name]:-not run}"
 done | tee "$OUT_DIR/summary.txt"
 if [[ -n "${OUT:-}" && "$OUT" != "$OUT_DIR" ]]; then
-    tar czf "$OUT/gpu_results.tgz" -C "$OUT_DIR" --exclude='checkpoint*' . && cp "$OUT_DIR/summary.txt" "$OUT/"
+    tar czf "$OUT/gpu_results.tgz" -C "$OUT_DIR" --exclude='checkpoint*' --exclude='*.model' --exclude='*.pt' --exclude='*.xyz' . && cp "$OUT_DIR/summary.txt" "$OUT/"
 fi
