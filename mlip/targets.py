@@ -75,6 +75,8 @@ class TargetSpec:
     def __post_init__(self) -> None:
         if self.kind == "forces" and not self.per_atom:  # the one per-atom rule: forces always are
             object.__setattr__(self, "per_atom", True)
+        if self.kind in ("vector", "rank2") and not self.irreps:  # Cartesian targets: all their blocks
+            object.__setattr__(self, "irreps", default_irreps(self.kind, self.symmetric))
 
     def to_dict(self) -> dict:
         """Plain-data form (stored in model files, checkpoints and store manifests)."""

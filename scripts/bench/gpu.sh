@@ -67,6 +67,7 @@ TRAIN_MIN=${TRAIN_MIN:-4}
 CURVE_MIN=${CURVE_MIN:-6}
 CURVE_MARKS=${CURVE_MARKS:-1,2,4,6}
 CURVE_THREADS=${CURVE_THREADS:-4}
+CURVE_SEED=${CURVE_SEED:-0}
 STEPS=${STEPS:-device cuda_vs_cpu inference train_ethanol}
 DEADLINE_S=${DEADLINE_S:-570}
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
@@ -117,7 +118,7 @@ curves_both() {  # both codes at once on the one GPU, each its own work folder a
     for code in mlip mace; do
         local extra=()
         [[ $code == mlip ]] && extra=(--sizes mlip=medium --mlip-weights config --mlip-variant w10)
-        "$PY" scripts/bench/run.py curves --tasks acac --codes "$code" "${extra[@]}" --seeds 0 \
+        "$PY" scripts/bench/run.py curves --tasks acac --codes "$code" "${extra[@]}" --seeds "$CURVE_SEED" \
             --budget-min "$CURVE_MIN" --marks "$CURVE_MARKS" --device "$DEVICE" --threads "$CURVE_THREADS" \
             --peers-python "$PEERS_PY" --work-dir "$OUT_DIR/curves_work_$code" \
             --results "$OUT_DIR/curves_results_$code" > "$OUT_DIR/curves_$code.log" 2>&1 &
@@ -130,7 +131,7 @@ curves_both() {  # both codes at once on the one GPU, each its own work folder a
 }
 step curves $((CURVE_MIN * 60 + 120)) bash -c "$(declare -f curves_both); \
     PY=$PY CURVE_MIN=$CURVE_MIN CURVE_MARKS=$CURVE_MARKS DEVICE=$DEVICE CURVE_THREADS=$CURVE_THREADS \
-    PEERS_PY=$PEERS_PY OUT_DIR=$OUT_DIR curves_both"
+    PEERS_PY=$PEERS_PY OUT_DIR=$OUT_DIR CURVE_SEED=$CURVE_SEED curves_both"
 
 echo "=== summary"
 for name in $STEPS; do
