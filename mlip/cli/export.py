@@ -11,7 +11,9 @@ from mlip.cli.predict import check_writable
 from mlip.errors import MLIPError
 
 
-def run_export(model_path: str, output: str, dtype: str = "float64", aoti: bool = False) -> None:
+def run_export(
+    model_path: str, output: str, dtype: str = "float64", aoti: bool = False, threads: int = 1
+) -> None:
     """Export ``model_path`` to ``output`` (``torch.export`` program, or AOTInductor with ``aoti``)."""
     import torch
 
@@ -26,7 +28,9 @@ def run_export(model_path: str, output: str, dtype: str = "float64", aoti: bool 
     check_writable(output)
     skipped = model.tensor_target_names
     start = time.perf_counter()
-    save_export(model, output, dtype=dtype, aoti=aoti)
+    if threads < 1:
+        raise MLIPError(f"--threads must be at least 1, got {threads}")
+    save_export(model, output, dtype=dtype, aoti=aoti, threads=threads)
     kind = "AOTInductor package" if aoti else "torch.export program"
     note = f"; tensor targets not exported: {', '.join(skipped)}" if skipped else ""
     print(f"mlip: wrote {kind} ({dtype}) to {output} in {time.perf_counter() - start:.0f} s{note}")

@@ -218,6 +218,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--aoti", action="store_true", help="compile with AOTInductor (slow: minutes of CPU; for C++ engines)"
     )
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="--aoti: OpenMP threads compiled into the kernels (default 1: serial, one MPI rank per core)",
+    )
 
     p = sub.add_parser("plot", help="learning curve of a training run (from RUN_DIR/metrics.csv)")
     p.add_argument("run_dir", help="output_dir of mlip train")
@@ -343,7 +349,7 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "export":
             from mlip.cli.export import run_export
 
-            run_export(args.model, args.output, dtype=args.dtype, aoti=args.aoti)
+            run_export(args.model, args.output, dtype=args.dtype, aoti=args.aoti, threads=args.threads)
         elif args.command == "plot":
             from mlip.cli.plot import run_plot
 

@@ -162,10 +162,16 @@ def export_metadata(model: MLIPModel, dtype: str) -> dict[str, str]:
     }
 
 
-def save_export(model: MLIPModel, path: str, dtype: str = "float64", aoti: bool = False) -> None:
+def save_export(
+    model: MLIPModel, path: str, dtype: str = "float64", aoti: bool = False, threads: int = 1
+) -> None:
     """Write the program to ``path`` (``.pt2``): ``torch.export`` format, or AOTInductor with ``aoti``.
 
-    Written to a temporary file in the same folder and renamed, so ``path`` is never partial.
+    ``threads`` (AOTInductor only): the compiled kernels' OpenMP threads, fixed at compile time
+    (inductor's ``cpp.threads``; otherwise it takes the exporting process's thread count). 1, the
+    default, compiles serial kernels: for one MPI rank per core, and the fastest on small systems
+    (BENCHMARKS.md, LAMMPS). Written to a temporary file in the same folder and renamed, so ``path``
+    is never partial.
     """
     from mlip.io import atomic_write_bytes_via, atomic_write_path_via
 
@@ -177,7 +183,10 @@ def save_export(model: MLIPModel, path: str, dtype: str = "float64", aoti: bool 
         return
     from torch._inductor import aoti_compile_and_package
 
-    configs = {"aot_inductor.metadata": {f"mlip_{k}": v for k, v in metadata.items()}}
+    if threads < 1:
+        raise ValueError(f"threads must be >= 1, got {threads}")
+    metadata["aoti_threads"] = str(threads)
+    configs = {"aot_inductor.metadata": {f"mlip_{k}": v for k, v in metadata.items()}, "cpp.threads": threads}
     atomic_write_path_via(
         path,
         lambda tmp: aoti_compile_and_package(program, package_path=tmp, inductor_configs=configs),

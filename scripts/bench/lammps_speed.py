@@ -19,7 +19,9 @@ Each LAMMPS run does a warm-up ``run`` (neighbour lists, first calls) and then `
 skin, as ``mlip md`` uses). LAMMPS on one rank uses ``ghosts fold`` (the graph is the periodic cell),
 on two ranks ``ghosts shell`` (ghost atoms 2 × cutoff + skin deep: each rank's graph is its share plus
 that shell, which costs most on small systems). Every process gets ``--threads`` threads
-(OMP_NUM_THREADS). Results are printed as a table and written to ``OUT/lammps_speed.json``.
+(OMP_NUM_THREADS). The package has serial kernels (``mlip export``'s default ``--threads 1``), so more
+threads speed up ASE (eager torch) but not the compiled model in LAMMPS: use ranks there. Results are
+printed as a table and written to ``OUT/lammps_speed.json``.
 """
 
 from __future__ import annotations

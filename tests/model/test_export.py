@@ -243,9 +243,10 @@ def test_aoti_package_matches_eager(tmp_path):
     tiny = MLIPModel([1, 6, 8], cutoff=CUTOFF, e0s={6: -1029.5}, backbone=backbone, readout_hidden=4)
     tiny = perturb_weights(tiny.double(), 0.1).eval()
     path = str(tmp_path / "tiny.pt2")
-    save_export(tiny, path, dtype="float64", aoti=True)
+    save_export(tiny, path, dtype="float64", aoti=True, threads=2)  # OpenMP kernels (default: serial)
     package = aoti_load_package(path)
     assert package.get_metadata()["mlip_species"] == "1 6 8"
+    assert package.get_metadata()["mlip_aoti_threads"] == "2"
     for atoms in (_molecule(), _crystal()):
         inputs = _inputs(atoms)
         for got, want in zip(package(*inputs), LocalEnergyModel(tiny)(*inputs)):
