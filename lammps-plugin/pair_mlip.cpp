@@ -289,6 +289,34 @@ double PairMLIP::init_one(int i, int j)
 }
 
 /* ----------------------------------------------------------------------
+   graph nodes 0.. for the local atoms of mlip types (node_atom, node_species, atom_node), and
+   one edge i -> j with vector r_j - r_i (both graph builders)
+------------------------------------------------------------------------- */
+
+void PairMLIP::number_local_atoms()
+{
+  int *type = atom->type;
+  node_atom.clear();
+  node_species.clear();
+  for (int i = 0; i < atom->nlocal; i++) {
+    long z = type2z[type[i]];
+    if (z == 0) continue;
+    atom_node[i] = (int) node_atom.size();
+    node_atom.push_back(i);
+    node_species.push_back(z);
+  }
+}
+
+void PairMLIP::add_edge(int i, int j, double dx, double dy, double dz)
+{
+  edge_i.push_back(i);
+  edge_j.push_back(j);
+  edge_vec.push_back(dx);
+  edge_vec.push_back(dy);
+  edge_vec.push_back(dz);
+}
+
+/* ----------------------------------------------------------------------
    FOLD: one rank, local atoms only; a ghost neighbour j becomes its owner (by atom ID), the edge
    vector keeps the image's position. This is the periodic graph of the whole system.
 ------------------------------------------------------------------------- */
@@ -307,15 +335,7 @@ void PairMLIP::build_graph_fold()
   for (int i = 0; i < nlocal; i++) tag2local[tag[i]] = i;
 
   atom_node.assign(nall, -1);
-  node_atom.clear();
-  node_species.clear();
-  for (int i = 0; i < nlocal; i++) {
-    long z = type2z[type[i]];
-    if (z == 0) continue;
-    atom_node[i] = (int) node_atom.size();
-    node_atom.push_back(i);
-    node_species.push_back(z);
-  }
+  number_local_atoms();
 
   edge_i.clear();
   edge_j.clear();
@@ -337,11 +357,7 @@ void PairMLIP::build_graph_fold()
         owner = (tag[j] >= 0 && tag[j] <= maxtag) ? tag2local[tag[j]] : -1;
         if (owner < 0) error->one(FLERR, "pair_style mlip: ghost atom {} has no local owner", tag[j]);
       }
-      edge_i.push_back(i);
-      edge_j.push_back(owner);
-      edge_vec.push_back(dx);
-      edge_vec.push_back(dy);
-      edge_vec.push_back(dz);
+      add_edge(i, owner, dx, dy, dz);
     }
   }
 }
@@ -390,25 +406,13 @@ void PairMLIP::build_graph_shell()
       double dx = x[j][0] - x[i][0], dy = x[j][1] - x[i][1], dz = x[j][2] - x[i][2];
       double rsq = dx * dx + dy * dy + dz * dz;
       if (rsq >= cutsq_model) continue;
-      edge_i.push_back(i);
-      edge_j.push_back(j);
-      edge_vec.push_back(dx);
-      edge_vec.push_back(dy);
-      edge_vec.push_back(dz);
+      add_edge(i, j, dx, dy, dz);
       if (i >= nlocal) atom_node[i] = 1;
       if (j >= nlocal) atom_node[j] = 1;
     }
   }
 
-  node_atom.clear();
-  node_species.clear();
-  for (int i = 0; i < nlocal; i++) {    // every local atom (isolated ones have their E0)
-    long z = type2z[type[i]];
-    if (z == 0) continue;
-    atom_node[i] = (int) node_atom.size();
-    node_atom.push_back(i);
-    node_species.push_back(z);
-  }
+  number_local_atoms();    // every local atom (isolated ones have their E0)
   for (int i = nlocal; i < nall; i++) {
     if (atom_node[i] != 1) {
       atom_node[i] = -1;

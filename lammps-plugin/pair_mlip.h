@@ -76,6 +76,8 @@ class PairMLIP : public Pair {
   virtual void allocate();
   void build_graph_fold();
   void build_graph_shell();
+  void number_local_atoms();
+  void add_edge(int i, int j, double dx, double dy, double dz);
 };
 
 }    // namespace LAMMPS_NS

@@ -129,9 +129,8 @@ class TensorHeads(nn.Module):
                 nn.init.normal_(proj.weight, std=channels**-0.5)
                 self.density_projections[_key(lam, sig)] = proj
         n_gram = num_vectors * (num_vectors + 1) // 2
-        self.register_buffer("gram_index", torch.triu_indices(num_vectors, num_vectors), persistent=False)
-        gram_flat = self.gram_index[0] * num_vectors + self.gram_index[1]
-        self.register_buffer("_gram_flat", gram_flat, persistent=False)
+        upper = torch.triu_indices(num_vectors, num_vectors)  # the Gram matrix's upper triangle, flattened
+        self.register_buffer("_gram_flat", upper[0] * num_vectors + upper[1], persistent=False)
         # density rows of l=1 in Cartesian order: spherical (y, z, x) → (x, y, z)
         self.register_buffer("_l1_rows", torch.tensor([3, 1, 2]), persistent=False)
         self.coefficients = nn.ModuleDict()
@@ -321,8 +320,7 @@ class TensorHeads(nn.Module):
         n = vectors.shape[0]
         u = torch.cat([vectors.new_ones(n, 1), vectors.reshape(n, -1)], dim=1)  # [N, U]
         bases = (u.unsqueeze(2) * u.unsqueeze(1)).reshape(n, -1) @ constants["quadratic"]
-        gram = torch.bmm(vectors, vectors.transpose(1, 2)).reshape(n, -1)[:, self._gram_flat]  # [N, Q(Q+1)/2]
-        invariants = torch.cat([features[-1], gram], dim=-1)
+        invariants = torch.cat([features[-1], self.gram(vectors)], dim=-1)
         hidden = self._first_net()[1](F.linear(invariants, first_w, first_b))
         coefficients = F.linear(hidden, second_w, second_b)  # [N, K]
         atomic = torch.bmm(
@@ -364,8 +362,11 @@ class TensorHeads(nn.Module):
                 extra = self.density_projections[key](block).transpose(1, 2)  # [N, K, 2λ+1]
                 b = torch.cat([b, extra], dim=1)
             bases[key] = b
-        gram = torch.einsum("nqa,npa->nqp", vectors, vectors)[:, self.gram_index[0], self.gram_index[1]]
-        return bases, gram
+        return bases, self.gram(vectors)
+
+    def gram(self, vectors: torch.Tensor) -> torch.Tensor:
+        """Invariants ``v_p · v_q`` (p ≤ q) of the vectors ``[N, Q, 3]`` → ``[N, Q(Q+1)/2]``."""
+        return torch.bmm(vectors, vectors.transpose(1, 2)).flatten(1)[:, self._gram_flat]
 
     def forward(
         self, features: list[torch.Tensor], density: torch.Tensor, batch: torch.Tensor, num_graphs: int

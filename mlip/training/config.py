@@ -17,7 +17,7 @@ from typing import Any
 import yaml
 
 from mlip.errors import MLIPError
-from mlip.targets import ENERGY_KINDS, TENSOR_KINDS, UNIT_FACTORS, TargetSpec, default_irreps
+from mlip.targets import ENERGY_KINDS, TENSOR_KINDS, UNIT_FACTORS, TargetSpec
 
 
 @dataclass
@@ -146,10 +146,9 @@ class Config:
                 kind, irreps = name, ()
             else:
                 kind = tc.type or ""
+                irreps = ()  # vector / rank2: TargetSpec fills in all their blocks (default_irreps)
                 if kind == "spherical":
                     irreps = tuple((int(lam), int(sig)) for lam, sig in (tc.irreps or []))
-                else:
-                    irreps = default_irreps(kind, tc.symmetric)
             specs.append(
                 TargetSpec(
                     name=name,
