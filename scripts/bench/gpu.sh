@@ -10,9 +10,14 @@
 #    imports), interleaved in one session (scripts/bench/run.py inference --device cuda);
 # 4. a GPU training run on ethanol (configs/accurate.yaml, TRAIN_MIN minutes, default 4) and its
 #    test errors, to set next to the CPU learning curve (BENCHMARKS.md section 1);
-# 5. (only when STEPS names it) learning curves of both codes on acetylacetone on the GPU, trained
-#    side by side on the one card for CURVE_MIN minutes (mlip configs/accurate.yaml set-up, MACE its
-#    recipe; the same run.py curves runs as on the CPU, --device cuda), test errors at snapshots.
+# 5. (only when STEPS names it) train_step: the cost of one mlip training step on acetylacetone
+#    by batch size (scripts/bench/train_step_cost.py: ms/step, structures/s, ops/step);
+# 6. (only when STEPS names it) curves: learning curves on acetylacetone on the GPU, every arm of
+#    CURVE_ARMS and every seed of CURVE_SEED (comma-separated) trained side by side on the one card
+#    for CURVE_MIN minutes (the same run.py curves runs as on the CPU, --device cuda), test errors at
+#    snapshots. An arm is CODE:SIZE:VARIANT:OVERRIDES, e.g. mlip:medium:w10bs32:training.batch_size=32
+#    (mlip arms: configs/accurate.yaml's own loss weights plus the overrides, comma-separated); the
+#    default "mlip:medium:w10: mace:large::" is both codes' section-1 set-up (MACE: its recipe).
 #
 # A GPU image usually has torch (and torch-geometric) but not ase, matscipy or mace-torch, and often
 # no internet. Prepare here, with internet, then carry .whl and .gpu-bench to the GPU machine:
@@ -24,8 +29,8 @@
 # the end says which passed. Results: OUT_DIR (default /tmp/mlip-gpu), and where $OUT is set (the
 # device tool's folder that comes back) one archive of them, $OUT/gpu_results.tgz, plus the summary.
 # Environment: DEVICE (default cuda; cpu for a dry run of this script), TRAIN_MIN (whole minutes),
-# CURVE_MIN and CURVE_MARKS (step 5; default 6 and 1,2,4,6), CURVE_THREADS (CPU threads per code,
-# default 4), STEPS (the steps to run, default "device cuda_vs_cpu inference train_ethanol"),
+# CURVE_MIN and CURVE_MARKS (step 6; default 6 and 1,2,4,6), CURVE_THREADS (CPU threads per run,
+# default 4), CURVE_ARMS and CURVE_SEED (step 6), STEPS (the steps to run, default "device cuda_vs_cpu inference train_ethanol"),
 # DEADLINE_S (default 570: no step runs past it, so the archive is written inside a 10-min slot),
 # PYTHON.
 set -uo pipefail
@@ -68,6 +73,8 @@ CURVE_MIN=${CURVE_MIN:-6}
 CURVE_MARKS=${CURVE_MARKS:-1,2,4,6}
 CURVE_THREADS=${CURVE_THREADS:-4}
 CURVE_SEED=${CURVE_SEED:-0}
+# step 5's arms, CODE:SIZE:VARIANT:OVERRIDE,OVERRIDE (mlip: configs/accurate.yaml's weights + overrides)
+CURVE_ARMS=${CURVE_ARMS:-mlip:medium:w10: mace:large::}
 STEPS=${STEPS:-device cuda_vs_cpu inference train_ethanol}
 DEADLINE_S=${DEADLINE_S:-570}
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
@@ -113,25 +120,37 @@ step train_ethanol $((TRAIN_MIN * 60 + 90)) "$PY" -m mlip train configs/accurate
     -o "training.snapshot_minutes=[0.5,1,2,$TRAIN_MIN]"
 cp "$OUT_DIR/ethanol/metrics.csv" "$OUT_DIR/ethanol/test_metrics.json" "$OUT_DIR/" 2>/dev/null
 
-curves_both() {  # both codes at once on the one GPU, each its own work folder and results
-    local code pids=()
-    for code in mlip mace; do
-        local extra=()
-        [[ $code == mlip ]] && extra=(--sizes mlip=medium --mlip-weights config --mlip-variant w10)
-        "$PY" scripts/bench/run.py curves --tasks acac --codes "$code" "${extra[@]}" --seeds "$CURVE_SEED" \
-            --budget-min "$CURVE_MIN" --marks "$CURVE_MARKS" --device "$DEVICE" --threads "$CURVE_THREADS" \
-            --peers-python "$PEERS_PY" --work-dir "$OUT_DIR/curves_work_$code" \
-            --results "$OUT_DIR/curves_results_$code" > "$OUT_DIR/curves_$code.log" 2>&1 &
-        pids+=($!)
+curves_arms() {  # every arm at once on the one GPU, each its own work folder and results
+    local arm code size variant overrides pids=()
+    for arm in $CURVE_ARMS; do
+        IFS=: read -r code size variant overrides <<< "$arm"
+        local extra=(--sizes "$code=$size")
+        if [[ $code == mlip ]]; then
+            extra+=(--mlip-weights config --mlip-variant "$variant")
+            local o
+            for o in ${overrides//,/ }; do extra+=(--mlip-override "$o"); done
+        fi
+        local tag="${code}-${size}${variant:++$variant}" seed
+        for seed in ${CURVE_SEED//,/ }; do  # one process per seed: all runs side by side
+            "$PY" scripts/bench/run.py curves --tasks acac --codes "$code" "${extra[@]}" --seeds "$seed" \
+                --budget-min "$CURVE_MIN" --marks "$CURVE_MARKS" --device "$DEVICE" --threads "$CURVE_THREADS" \
+                --peers-python "$PEERS_PY" --work-dir "$OUT_DIR/curves_work_${tag}_s$seed" \
+                --results "$OUT_DIR/curves_results_${tag}_s$seed" > "$OUT_DIR/curves_${tag}_s$seed.log" 2>&1 &
+            pids+=($!)
+        done
     done
     local rc=0 pid
     for pid in "${pids[@]}"; do wait "$pid" || rc=1; done
     tail -n 5 "$OUT_DIR"/curves_*.log
     return $rc
 }
-step curves $((CURVE_MIN * 60 + 120)) bash -c "$(declare -f curves_both); \
-    PY=$PY CURVE_MIN=$CURVE_MIN CURVE_MARKS=$CURVE_MARKS DEVICE=$DEVICE CURVE_THREADS=$CURVE_THREADS \
-    PEERS_PY=$PEERS_PY OUT_DIR=$OUT_DIR CURVE_SEED=$CURVE_SEED curves_both"
+export -f curves_arms
+export PY CURVE_MIN CURVE_MARKS DEVICE CURVE_THREADS PEERS_PY OUT_DIR CURVE_SEED CURVE_ARMS
+step train_step 120 "$PY" scripts/bench/train_step_cost.py --config configs/accurate.yaml --device "$DEVICE" \
+    --batch-sizes 8,16,32,64 --threads 1 --json "$OUT_DIR/train_step_cost.json" -o data.train_file=data/acac/train_300K.xyz \
+    -o data.test_file=null -o data.e0s=data/acac/isolated_atoms.xyz -o targets.energy.key=energy \
+    -o targets.forces.key=forces -o logging.progress_bar=false
+step curves $((CURVE_MIN * 60 + 120)) bash -c curves_arms
 
 echo "=== summary"
 for name in $STEPS; do
