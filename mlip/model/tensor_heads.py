@@ -22,11 +22,13 @@ which on small systems is a large fraction of a whole energy + forces call. Wher
 is a polynomial of degree ≤ 2 in the vectors (dipoles, polarizabilities, any rank-2 tensor: λ ≤ 2
 proper tensors and the λ=1 pseudovector; not the λ=0 and λ=2 pseudotensors or λ ≥ 3), all targets
 are evaluated at once instead (:class:`FusedPlan`): each basis element is a fixed quadratic form of
-``u = (1, v_1, ..., v_Q)``, so all of them are one matrix product of ``u ⊗ u``; the coefficient
-networks run as one network (concatenated first layers, block-diagonal second layers: the same
-function and the same parameters); the density elements, scales, shifts and the spherical →
-Cartesian conversion are single products too. The result equals the block-wise evaluation to
-rounding (tests/model/test_tensor_heads_fused.py); other models use the block-wise path.
+``u = (1, v_1, ..., v_Q)``, so all of them, already scaled and converted to Cartesian components, and
+the Gram invariants too, are one matrix product of the pair products ``u_i u_j`` (i ≤ j, only the
+pairs some element uses); the coefficient networks run as one network (concatenated first layers,
+block-diagonal second layers: the same function and the same parameters); the density elements are
+one more product. At inference the assembled weights are cached until a parameter changes. The
+result equals the block-wise evaluation to rounding (tests/model/test_tensor_heads_fused.py); other
+models use the block-wise path.
 """
 
 from __future__ import annotations
@@ -59,22 +61,35 @@ class FusedPlan:
 
     Slots are the (target, block) pairs in the order of ``TensorHeads.coefficients``; ``K`` is the
     total number of coefficients (every slot's basis and density elements), ``M`` the total number of
-    spherical components (every target's blocks, concatenated).
+    spherical components (every target's blocks, concatenated) and ``O`` the total number of output
+    components (every target's Cartesian components, flattened, concatenated). The vectors enter as
+    ``u = (1, P)``, ``P[a, q] = Σ_c A[c, l=1 row a] W[q, c] / √3`` flattened a-major (rows in the
+    density's spherical order y, z, x), ``U = 1 + 3Q`` entries.
 
     Attributes:
-        quadratic: ``[U², K·M]``, ``U = 1 + 3Q``: basis element k of slot s, component m, is
-            ``(u ⊗ u) @ quadratic[:, k·M + col(s, m)]`` (zero outside the slot's own block).
+        pair_first, pair_second: ``[P]`` the products ``u_i u_j`` (i ≤ j) that any basis element or Gram
+            invariant uses (P is a small fraction of U²); ``w = u[pair_first] · u[pair_second]``.
+        quadratic: ``[P, K, M]``: basis element k, spherical component m is ``w @ quadratic[:, k, m]``
+            (zero outside the element's own slot).
+        gram: ``[P, Q(Q+1)/2]``: the Gram invariants ``v_p · v_q`` (p ≤ q) are ``w @ gram``.
+        cartesian: ``[M, O]``: spherical components → output components (block-diagonal per target;
+            the identity for ``spherical`` targets).
+        outputs: per target, ``(first output column, last + 1, output shape per row)``.
         extra_coefficients: ``[K_e]`` positions in the K coefficients of the density elements.
         extra_rows: ``[M_e]`` density rows (index into ``(lmax+1)²``) of each density-element component.
         extra_slot: ``[M_e]`` which density-element slot (0..S_e−1) each of those components belongs to.
-        extra_columns: ``[M_e]`` their output columns (0..M−1).
+        extra_columns: ``[M_e]`` their spherical columns (0..M−1).
         extra_keys: the ``density_projections`` key of each density-element slot.
         column_target: ``[M]`` target index of each column; ``column_lambda0``: ``[M]`` 1.0 at the
             λ=0 (σ=+1) column of each target, else 0.
-        cartesian: per target, ``(first column, last column + 1, [m_t, d_t] map or None, output shape)``.
     """
 
+    pair_first: torch.Tensor
+    pair_second: torch.Tensor
     quadratic: torch.Tensor
+    gram: torch.Tensor
+    cartesian: torch.Tensor
+    outputs: list[tuple[int, int, tuple[int, ...]]]
     extra_coefficients: torch.Tensor
     extra_rows: torch.Tensor
     extra_slot: torch.Tensor
@@ -82,9 +97,9 @@ class FusedPlan:
     extra_keys: list[str]
     column_target: torch.Tensor
     column_lambda0: torch.Tensor
-    cartesian: list[tuple[int, int, torch.Tensor | None, tuple[int, ...]]]
     num_coefficients: int
     num_columns: int
+    num_outputs: int
 
 
 class TensorHeads(nn.Module):
@@ -158,6 +173,9 @@ class TensorHeads(nn.Module):
         self._plan = self._build_plan()
         self._constants: dict = {}  # (dtype, device) → the plan's constants there
         self._weights: tuple | None = None  # inference cache of the fused weights (see _fused_weights)
+        self._stamped: list[torch.Tensor] | None = None  # the tensors whose versions key that cache
+        # load_state_dict(assign=True) replaces the tensors instead of copying into them
+        self.register_load_state_dict_post_hook(TensorHeads._drop_cache)
 
     # ------------------------------------------------------------------ fused evaluation: set-up
     def _quadratic_form(self, basis: LambdaBasis) -> torch.Tensor | None:
@@ -207,8 +225,8 @@ class TensorHeads(nn.Module):
             if net[0].bias is None or net[2].bias is None or type(net[1]) is not type(self._first_net()[1]):
                 return None
         slots = []  # (basis key, first coefficient, first column, λ) of each (target, block)
-        k_total = m_total = 0
-        cartesian = []
+        k_total = m_total = o_total = 0
+        conversions, outputs = [], []
         column_target, column_lambda0 = [], []
         for t, spec in enumerate(self.specs):
             first_column = m_total
@@ -220,16 +238,21 @@ class TensorHeads(nn.Module):
                 column_target += [t] * (2 * lam + 1)
                 column_lambda0 += [1.0 if (lam, sig) == (0, 1) else 0.0] + [0.0] * (2 * lam)
             width = m_total - first_column
-            identity = torch.eye(width, dtype=torch.float64)
-            converted = self._to_output(spec, identity)
-            shape = tuple(converted.shape[1:])
-            matrix = None if spec.kind == "spherical" else converted.reshape(width, -1)
-            cartesian.append((first_column, m_total, matrix, shape))
-        u = 1 + 3 * self.num_vectors
+            converted = self._to_output(spec, torch.eye(width, dtype=torch.float64))  # linear: a matrix
+            conversions.append(converted.reshape(width, -1))
+            outputs.append((o_total, o_total + conversions[-1].shape[1], tuple(converted.shape[1:])))
+            o_total += conversions[-1].shape[1]
+        q = self.num_vectors
+        u = 1 + 3 * q
+        # u's order here: P flattened a-major with a in the density's row order (y, z, x); the forms
+        # were derived for v flattened q-major in (x, y, z): old index of each new one
+        xyz_of_row = torch.tensor([1, 2, 0])
+        rest = (1 + 3 * torch.arange(q)[None, :] + xyz_of_row[:, None]).flatten()  # [3Q], a-major
+        old = torch.cat([torch.zeros(1, dtype=torch.long), rest])
         quadratic = torch.zeros(u, u, k_total, m_total, dtype=torch.float64)
         extra_coefficients, extra_rows, extra_slot, extra_columns, extra_keys = [], [], [], [], []
         for key, k0, m0, lam in slots:
-            form = forms[key]
+            form = forms[key][old][:, old]
             n_basis, width = form.shape[2], form.shape[3]
             quadratic[:, :, k0 : k0 + n_basis, m0 : m0 + width] = form
             if key in self.density_projections:
@@ -239,8 +262,30 @@ class TensorHeads(nn.Module):
                 extra_slot += [len(extra_keys)] * width
                 extra_columns += range(m0, m0 + width)
                 extra_keys.append(key)
+        upper = torch.triu_indices(q, q)
+        gram = torch.zeros(u, u, upper.shape[1], dtype=torch.float64)
+        for row in range(3):  # v_p · v_q = Σ_a P[a, p] P[a, q]
+            gram[1 + row * q + upper[0], 1 + row * q + upper[1], torch.arange(upper.shape[1])] = 1.0
+
+        # Σ_ij u_i u_j F[i, j] = Σ_{i ≤ j} u_i u_j F'[i, j] with F' = F + Fᵀ off the diagonal; only the
+        # pairs (i ≤ j) some basis element or Gram invariant uses are kept (a small fraction of U²)
+        def upper_form(full: torch.Tensor) -> torch.Tensor:
+            folded = full + full.transpose(0, 1)
+            diagonal = torch.arange(u)
+            folded[diagonal, diagonal] = full[diagonal, diagonal]
+            return folded
+
+        quadratic, gram = upper_form(quadratic), upper_form(gram)
+        first, second = torch.triu_indices(u, u)
+        used = (quadratic[first, second] != 0).flatten(1).any(1) | (gram[first, second] != 0).any(1)
+        first, second = first[used], second[used]
         return FusedPlan(
-            quadratic=quadratic.reshape(u * u, k_total * m_total),
+            pair_first=first,
+            pair_second=second,
+            quadratic=quadratic[first, second],
+            gram=gram[first, second],
+            cartesian=torch.block_diag(*conversions),
+            outputs=outputs,
             extra_coefficients=torch.tensor(extra_coefficients, dtype=torch.long),
             extra_rows=torch.tensor(extra_rows, dtype=torch.long),
             extra_slot=torch.tensor(extra_slot, dtype=torch.long),
@@ -248,9 +293,9 @@ class TensorHeads(nn.Module):
             extra_keys=extra_keys,
             column_target=torch.tensor(column_target, dtype=torch.long),
             column_lambda0=torch.tensor(column_lambda0, dtype=torch.float64),
-            cartesian=cartesian,
             num_coefficients=k_total,
             num_columns=m_total,
+            num_outputs=o_total,
         )
 
     def _first_net(self) -> nn.Sequential:
@@ -262,87 +307,103 @@ class TensorHeads(nn.Module):
         key = (dtype, device)
         if key not in self._constants:
             plan = self._plan
-            self._constants[key] = {
-                "quadratic": plan.quadratic.to(device=device, dtype=dtype),
-                "extra_coefficients": plan.extra_coefficients.to(device),
-                "extra_rows": plan.extra_rows.to(device),
-                "extra_slot": plan.extra_slot.to(device),
-                "extra_columns": plan.extra_columns.to(device),
-                "column_target": plan.column_target.to(device),
-                "column_lambda0": plan.column_lambda0.to(device=device, dtype=dtype),
-                "cartesian": [
-                    (a, b, None if m is None else m.to(device=device, dtype=dtype), shape)
-                    for a, b, m, shape in plan.cartesian
-                ],
-            }
+            floats = ("quadratic", "gram", "cartesian", "column_lambda0")
+            integers = ("pair_first", "pair_second", "extra_coefficients", "extra_rows", "extra_slot")
+            integers += ("extra_columns", "column_target")
+            constants = {name: getattr(plan, name).to(device=device, dtype=dtype) for name in floats}
+            constants.update({name: getattr(plan, name).to(device) for name in integers})
+            self._constants[key] = constants
         return self._constants[key]
 
-    def _assemble_weights(self, constants: dict) -> tuple:
-        nets = list(self.coefficients.values())
-        first_w = torch.cat([net[0].weight for net in nets])
-        first_b = torch.cat([net[0].bias for net in nets])
-        second_w = torch.block_diag(*[net[2].weight for net in nets])
-        second_b = torch.cat([net[2].bias for net in nets])
-        extra_w = None
-        if self._plan.extra_keys:
-            extra_w = torch.block_diag(*[self.density_projections[k].weight for k in self._plan.extra_keys])
-        target = constants["column_target"]
-        scale = self.scales[target]
-        shift = self.shifts[target] * constants["column_lambda0"]
-        return first_w, first_b, second_w, second_b, extra_w, scale, shift
+    def _assemble_weights(self, constants: dict) -> dict[str, torch.Tensor]:
+        """Every weight of the fused evaluation, from the parameters and buffers (see _forward_fused).
 
-    def _fused_weights(self, constants: dict) -> tuple:
-        """The concatenated / block-diagonal weights, and per-column scales and shifts.
-
-        Built from the parameters on every call while autograd records (training: gradients reach the
-        original parameters); otherwise cached until a parameter or buffer changes (in-place updates,
-        ``load_state_dict``) or the dtype or device does.
+        The scales and the spherical → Cartesian conversion are folded into the bases' matrix, which
+        also gives the Gram invariants: one product with the pair products ``w``.
         """
+        plan = self._plan
+        nets = list(self.coefficients.values())
+        target = constants["column_target"]
+        conversion = constants["cartesian"] * self.scales[target].unsqueeze(1)  # [M, O], scaled
+        n_pairs, k, m = constants["quadratic"].shape
+        bases_w = (constants["quadratic"].reshape(n_pairs * k, m) @ conversion).reshape(n_pairs, -1)
+        weights = {
+            "vectors": self.vector_projection.weight.t() / 3**0.5,  # [C, Q]
+            "pairs": torch.cat([bases_w, constants["gram"]], dim=1),  # [P, K·O + Q(Q+1)/2]
+            "first_w": torch.cat([net[0].weight for net in nets]),
+            "first_b": torch.cat([net[0].bias for net in nets]),
+            "second_w": torch.block_diag(*[net[2].weight for net in nets]),
+            "second_b": torch.cat([net[2].bias for net in nets]),
+            # the λ=0 shifts are added after the scales, in spherical components: converted, not scaled
+            "shift": (self.shifts[target] * constants["column_lambda0"]) @ constants["cartesian"],
+        }
+        if plan.extra_keys:
+            weights["extra_w"] = torch.block_diag(
+                *[self.density_projections[k].weight for k in plan.extra_keys]
+            )
+            weights["extra_conversion"] = conversion[constants["extra_columns"]]  # [M_e, O]
+        return weights
+
+    def _fused_weights(self, constants: dict) -> dict[str, torch.Tensor]:
+        """:meth:`_assemble_weights`, built on every call while autograd records (training:
+        gradients reach the original parameters); otherwise cached until a parameter or buffer
+        changes in place (optimiser steps, ``load_state_dict``: their version counters move), the
+        module is converted (``.to()``, ``.double()``: :meth:`_apply` drops the cache) or the
+        call's dtype or device does (``constants`` is per dtype and device)."""
         if torch.is_grad_enabled():
             self._weights = None
             return self._assemble_weights(constants)
-        tensors = [*self.parameters(), self.scales, self.shifts]
+        if self._stamped is None:
+            self._stamped = [*self.parameters(), self.scales, self.shifts]
         try:
-            stamp = tuple((t.data_ptr(), t._version, t.dtype, t.device) for t in tensors)
+            versions = [t._version for t in self._stamped]  # a few µs; dtype/device reads cost far more
         except RuntimeError:  # inference tensors (made under torch.inference_mode) have no version
             return self._assemble_weights(constants)
-        if self._weights is None or self._weights[0] != stamp:
-            self._weights = (stamp, self._assemble_weights(constants))
-        return self._weights[1]
+        if self._weights is None or self._weights[0] is not constants or self._weights[1] != versions:
+            self._weights = (constants, versions, self._assemble_weights(constants))
+        return self._weights[2]
+
+    def _drop_cache(self, *_hook_args) -> None:
+        self._weights, self._stamped = None, None
+
+    def _apply(self, fn, *args, **kwargs):  # noqa: ANN001, ANN202 - nn.Module's signature
+        """Conversions (``.to()``, ``.cuda()``, ``.double()``) replace the tensors: drop the cache."""
+        self._drop_cache()
+        return super()._apply(fn, *args, **kwargs)
 
     def _forward_fused(
         self, features: list[torch.Tensor], density: torch.Tensor, batch: torch.Tensor, num_graphs: int
     ) -> dict[str, torch.Tensor]:
         constants = self._plan_constants(density.dtype, density.device)
-        first_w, first_b, second_w, second_b, extra_w, scale, shift = self._fused_weights(constants)
+        w = self._fused_weights(constants)
         plan = self._plan
-        vectors = self.vectors(density)  # [N, Q, 3]
-        n = vectors.shape[0]
-        u = torch.cat([vectors.new_ones(n, 1), vectors.reshape(n, -1)], dim=1)  # [N, U]
-        bases = (u.unsqueeze(2) * u.unsqueeze(1)).reshape(n, -1) @ constants["quadratic"]
-        invariants = torch.cat([features[-1], self.gram(vectors)], dim=-1)
-        hidden = self._first_net()[1](F.linear(invariants, first_w, first_b))
-        coefficients = F.linear(hidden, second_w, second_b)  # [N, K]
-        atomic = torch.bmm(
-            coefficients.unsqueeze(1), bases.view(n, plan.num_coefficients, plan.num_columns)
-        ).squeeze(1)  # [N, M]
-        if extra_w is not None:  # Σ_k α_k Σ_c U_ck A[c, m] = Σ_c (α @ U)_c A[c, m]
-            z = (coefficients[:, constants["extra_coefficients"]] @ extra_w).view(n, len(plan.extra_keys), -1)
+        n = density.shape[0]
+        k_o = plan.num_coefficients * plan.num_outputs
+        vectors = density[:, 1:4, :] @ w["vectors"]  # [N, 3, Q] (rows y, z, x)
+        u = torch.cat([density.new_ones(n, 1), vectors.reshape(n, -1)], dim=1)  # [N, U]
+        # every basis element (in output components, scaled) and the Gram invariants, from u_i u_j
+        pairs = (u[:, constants["pair_first"]] * u[:, constants["pair_second"]]) @ w["pairs"]
+        invariants = torch.cat([features[-1], pairs[:, k_o:]], dim=-1)
+        hidden = self._first_net()[1](F.linear(invariants, w["first_w"], w["first_b"]))
+        coefficients = F.linear(hidden, w["second_w"], w["second_b"])  # [N, K]
+        bases = pairs[:, :k_o].reshape(n, plan.num_coefficients, plan.num_outputs)
+        atomic = torch.bmm(coefficients.unsqueeze(1), bases).squeeze(1) + w["shift"]  # [N, O]
+        if "extra_w" in w:  # Σ_k α_k Σ_c U_ck A[c, m] = Σ_c (α @ U)_c A[c, m]
+            z = (coefficients[:, constants["extra_coefficients"]] @ w["extra_w"]).view(
+                n, len(plan.extra_keys), -1
+            )
             extra = (density[:, constants["extra_rows"], :] * z[:, constants["extra_slot"], :]).sum(-1)
-            atomic = atomic.index_add(1, constants["extra_columns"], extra)
-        atomic = atomic * scale + shift
+            atomic = atomic + extra @ w["extra_conversion"]
         summed = None
         out = {}
-        for spec, (first, last, matrix, shape) in zip(self.specs, constants["cartesian"]):
+        for spec, (first, last, shape) in zip(self.specs, plan.outputs):
             if spec.per_atom:
                 value = atomic[:, first:last]
             else:
                 if summed is None:
                     summed = atomic.new_zeros(num_graphs, atomic.shape[1]).index_add(0, batch, atomic)
                 value = summed[:, first:last]
-            if matrix is not None:
-                value = (value @ matrix).view(value.shape[0], *shape)
-            out[spec.name] = value
+            out[spec.name] = value.reshape(value.shape[0], *shape)
         return out
 
     def vectors(self, density: torch.Tensor) -> torch.Tensor:

@@ -130,6 +130,16 @@ def test_inference_cache_follows_parameter_updates():
         model.tensor_heads.scales.mul_(2.0)  # a buffer changed in place
         fused, blocks = both(model, batch, compute_forces=False)
         torch.testing.assert_close(fused["dipole"], blocks["dipole"], rtol=1e-12, atol=1e-12)
+        other = make_model()
+        torch.manual_seed(1)
+        perturb_weights(other, 0.3)
+        model.load_state_dict(other.state_dict(), assign=True)  # new tensors, versions start again
+        torch.testing.assert_close(
+            model(batch, compute_forces=False)["polarizability"],
+            other.eval()(batch, compute_forces=False)["polarizability"],
+            rtol=1e-12,
+            atol=1e-12,
+        )
 
 
 def test_dtype_change_keeps_float64_exactness():
