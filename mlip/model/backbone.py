@@ -290,6 +290,7 @@ class InteractionLayer(nn.Module):
         bond_channels: int = 0,
         bispectrum_channels: int | None = None,
         linear_update: bool = False,
+        update_mlp: bool = True,
     ) -> None:
         super().__init__()
         self.channels = channels
@@ -300,7 +301,10 @@ class InteractionLayer(nn.Module):
         self.neighbour_linear = nn.Linear(channels, channels, bias=False)
         nn.init.normal_(self.neighbour_linear.weight, std=channels**-0.5)
         self.invariants = AngularInvariants(channels, lmax, correlation, bispectrum_channels)
-        self.update = mlp([channels + self.invariants.width, channels, channels])
+        # update_mlp=False: the update is linear in [h, invariants] (the invariants are polynomials
+        # of the density, so h stays a body-ordered polynomial feature, as in MACE's interactions)
+        update_in = channels + self.invariants.width
+        self.update = mlp([update_in, channels, channels] if update_mlp else [update_in, channels])
         with torch.no_grad():  # start close to the identity map: small residual updates
             self.update[-1].weight.mul_(0.2)
         # optional linear path from [h, invariants] next to the MLP: the invariants are polynomials
@@ -413,6 +417,7 @@ class ScalarBackbone(nn.Module):
         bond_channels: int = 0,
         bispectrum_channels: int | None = None,
         linear_update: bool = False,
+        update_mlp: bool = True,
     ) -> None:
         super().__init__()
         self.lmax = lmax
@@ -430,6 +435,7 @@ class ScalarBackbone(nn.Module):
                 bond_channels if t > 0 else 0,
                 bispectrum_channels,
                 linear_update,
+                update_mlp,
             )
             for t in range(num_layers)
         )

@@ -54,6 +54,7 @@ class ModelConfig:
     bond_channels: int = 0  # channels of the bond projections of the previous density (0 = off)
     pair_repulsion: bool = False  # + a learned short-range pair repulsion (mlip.model.pair)
     linear_update: bool = False  # + a linear path next to each layer's update MLP
+    update_mlp: bool = True  # False: each layer's update is linear in [h, invariants] (experimental)
 
 
 @dataclass

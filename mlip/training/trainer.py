@@ -86,6 +86,7 @@ def build_model(cfg: Config, stats: DatasetStatistics, specs: list[TargetSpec]) 
             bond_channels=m.bond_channels,
             bispectrum_channels=m.bispectrum_channels,
             linear_update=m.linear_update,
+            update_mlp=m.update_mlp,
         ),
         readout_hidden=m.readout_hidden,
         pair_repulsion={} if m.pair_repulsion else None,
