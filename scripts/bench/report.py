@@ -319,7 +319,8 @@ def write_benchmarks_md(results_dir: str, path: str) -> None:
     for title, body in old_sections:
         if title not in SECTIONS.values() and title not in RETIRED:
             out.append(title)
-            out.append(body.rstrip("\n"))
+            out.append("")
+            out.append(body.strip("\n"))  # one blank line after the title, however often rebuilt
             out.append("")
     with open(path, "w") as handle:
         handle.write("\n".join(out).rstrip("\n") + "\n")

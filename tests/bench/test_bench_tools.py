@@ -79,3 +79,24 @@ def test_variant_runs_are_named_and_a_custom_setup_must_be_named():
         check_variants(SimpleNamespace(mace_weights="mlip", mace_variant=None, mlip_weights="mace"))
     with pytest.raises(SystemExit, match="--mlip-variant"):
         check_variants(SimpleNamespace(mace_weights="recipe", mlip_weights="config", mlip_variant=None))
+
+
+def test_report_rebuild_keeps_hand_written_sections_unchanged(tmp_path):
+    """Rebuilding BENCHMARKS.md twice gives the same file: hand-written sections and notes are kept
+    verbatim (an earlier version added a blank line to every hand-written section on each rebuild)."""
+    from report import write_benchmarks_md
+
+    results = tmp_path / "results"
+    results.mkdir()
+    path = tmp_path / "BENCHMARKS.md"
+    path.write_text(
+        "# Benchmarks\n\n## 6. Accuracy versus inference cost (Pareto fronts)\n\nNot run yet.\n\n"
+        "<!-- notes:pareto -->\nA note kept by hand.\n<!-- /notes:pareto -->\n\n"
+        "## A hand-written section\n\nIts text, kept.\n\n| a | b |\n|---|---|\n| 1 | 2 |\n"
+    )
+    write_benchmarks_md(str(results), str(path))
+    first = path.read_text()
+    write_benchmarks_md(str(results), str(path))
+    assert path.read_text() == first
+    assert "A note kept by hand." in first
+    assert "## A hand-written section\n\nIts text, kept.\n\n| a | b |" in first
