@@ -268,7 +268,7 @@ class TensorHeads(nn.Module):
             gram[1 + row * q + upper[0], 1 + row * q + upper[1], torch.arange(upper.shape[1])] = 1.0
 
         # Σ_ij u_i u_j F[i, j] = Σ_{i ≤ j} u_i u_j F'[i, j] with F' = F + Fᵀ off the diagonal; only the
-        # pairs (i ≤ j) some basis element or Gram invariant uses are kept (a small fraction of U²)
+        # pairs (i ≤ j) some basis element or Gram invariant uses are kept (≤ U(U+1)/2 of the U² products)
         def upper_form(full: torch.Tensor) -> torch.Tensor:
             folded = full + full.transpose(0, 1)
             diagonal = torch.arange(u)
