@@ -441,10 +441,7 @@ class Trainer:
         )
         for batch in bar:
             batch = batch.to(self.device)
-            pred = self.train_model(
-                batch, compute_forces="forces" in names, compute_stress="stress" in names, training=True
-            )
-            loss, _ = weighted_loss(self.specs, pred, batch, self.loss_scales)
+            pred, loss = self._predict_with_loss(batch, names)
             # Under torchrun all ranks skip a batch together (DDP needs every rank's backward).
             finite = bool(torch.isfinite(loss))
             if self.dist.enabled:
@@ -462,15 +459,7 @@ class Trainer:
                     )
                 continue
             bad_streak = 0
-            self.optimizer.zero_grad(set_to_none=True)
-            if self.time_cosine:
-                self._set_time_cosine_lr()
-            loss.backward()
-            if t.clip_grad_norm:
-                torch.nn.utils.clip_grad_norm_(self.model.parameters(), t.clip_grad_norm)
-            self.optimizer.step()
-            if self.ema is not None:
-                self.ema.update_parameters(self.model)
+            self._apply_gradients(loss)
             acc.update({k: v.detach() for k, v in pred.items()}, batch)
             running += float(loss.detach())
             n_batches += 1
@@ -483,6 +472,27 @@ class Trainer:
         metrics = acc.compute()
         metrics["loss"] = running / max(n_batches, 1)
         return metrics
+
+    def _predict_with_loss(self, batch, names: set[str]) -> tuple[dict, torch.Tensor]:
+        """The training model's predictions on a batch (on the device) and the weighted loss."""
+        pred = self.train_model(
+            batch, compute_forces="forces" in names, compute_stress="stress" in names, training=True
+        )
+        loss, _ = weighted_loss(self.specs, pred, batch, self.loss_scales)
+        return pred, loss
+
+    def _apply_gradients(self, loss: torch.Tensor) -> None:
+        """One optimiser step on ``loss``: learning rate, backward, clipping, step, EMA."""
+        t = self.cfg.training
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.time_cosine:
+            self._set_time_cosine_lr()
+        loss.backward()
+        if t.clip_grad_norm:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), t.clip_grad_norm)
+        self.optimizer.step()
+        if self.ema is not None:
+            self.ema.update_parameters(self.model)
 
     def _valid_score(self, metrics: dict) -> float:
         """Weighted sum of the validation loss terms — the same weighting and normalisation as the loss."""

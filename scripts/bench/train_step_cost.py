@@ -42,7 +42,6 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from mlip.training.config import load_config
-    from mlip.training.loss import weighted_loss
     from mlip.training.trainer import Trainer
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -62,23 +61,16 @@ def main(argv: list[str] | None = None) -> int:
             overrides.append(f"training.batch_size={batch_size}")
             trainer = Trainer(load_config(args.config, overrides))
             trainer._setup()
+            trainer.clock_start = time.perf_counter()  # as Trainer.run does (the time-cosine lr reads it)
             names = {s.name for s in trainer.specs}
             loader = trainer._train_loader(0)
             batches = [b.to(trainer.device) for b, _ in zip(loader, range(args.steps))]
             if len(batches) < args.steps:
                 batches = (batches * args.steps)[: args.steps]
 
-            def step(batch, trainer=trainer, names=names) -> None:
-                pred = trainer.train_model(
-                    batch, compute_forces="forces" in names, compute_stress="stress" in names, training=True
-                )
-                loss, _ = weighted_loss(trainer.specs, pred, batch, trainer.loss_scales)
-                trainer.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(trainer.model.parameters(), 10.0)
-                trainer.optimizer.step()
-                if trainer.ema is not None:
-                    trainer.ema.update_parameters(trainer.model)
+            def step(batch, trainer=trainer, names=names) -> None:  # what Trainer._train_epoch does
+                _, loss = trainer._predict_with_loss(batch, names)
+                trainer._apply_gradients(loss)
 
             def sync(device=trainer.device) -> None:
                 if device.type == "cuda":
