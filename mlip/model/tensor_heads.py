@@ -68,7 +68,7 @@ class FusedPlan:
 
     Attributes:
         pair_first, pair_second: ``[P]`` the products ``u_i u_j`` (i ≤ j) that any basis element or Gram
-            invariant uses (P is a small fraction of U²); ``w = u[pair_first] · u[pair_second]``.
+            invariant uses (P ≤ U(U+1)/2); ``w = u[pair_first] · u[pair_second]``.
         quadratic: ``[P, K, M]``: basis element k, spherical component m is ``w @ quadratic[:, k, m]``
             (zero outside the element's own slot).
         gram: ``[P, Q(Q+1)/2]``: the Gram invariants ``v_p · v_q`` (p ≤ q) are ``w @ gram``.

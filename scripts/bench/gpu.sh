@@ -30,7 +30,8 @@
 # device tool's folder that comes back) one archive of them, $OUT/gpu_results.tgz, plus the summary.
 # Environment: DEVICE (default cuda; cpu for a dry run of this script), TRAIN_MIN (whole minutes),
 # CURVE_MIN and CURVE_MARKS (step 6; default 6 and 1,2,4,6), CURVE_THREADS (CPU threads per run,
-# default 4), CURVE_ARMS and CURVE_SEED (step 6), STEPS (the steps to run, default "device cuda_vs_cpu inference train_ethanol"),
+# default 4), CURVE_ARMS and CURVE_SEED (step 6), STEPS (the steps to run, default
+# "device cuda_vs_cpu inference train_ethanol"),
 # DEADLINE_S (default 570: no step runs past it, so the archive is written inside a 10-min slot),
 # PYTHON.
 set -uo pipefail
@@ -73,7 +74,7 @@ CURVE_MIN=${CURVE_MIN:-6}
 CURVE_MARKS=${CURVE_MARKS:-1,2,4,6}
 CURVE_THREADS=${CURVE_THREADS:-4}
 CURVE_SEED=${CURVE_SEED:-0}
-# step 5's arms, CODE:SIZE:VARIANT:OVERRIDE,OVERRIDE (mlip: configs/accurate.yaml's weights + overrides)
+# step 6's arms, CODE:SIZE:VARIANT:OVERRIDE,OVERRIDE (mlip: configs/accurate.yaml's weights + overrides)
 CURVE_ARMS=${CURVE_ARMS:-mlip:medium:w10: mace:large::}
 STEPS=${STEPS:-device cuda_vs_cpu inference train_ethanol}
 DEADLINE_S=${DEADLINE_S:-570}
