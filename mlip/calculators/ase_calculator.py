@@ -16,6 +16,11 @@ dipole in e·Å), and models with a ``polarizability`` target ``"polarizability_
 (see :mod:`mlip.model.derivatives`). Asking a model without the target raises a one-line
 :class:`~mlip.errors.MLIPError`.
 
+MD in a uniform electric field: ``MLIPCalculator(model, electric_field=(0, 0, 0.1))`` (V/Å for a
+dipole in e·Å) adds ``−μ·E`` to the energy and ``Z_iᵀ E`` to the forces, with ``μ`` the model's
+dipole (one extra backward pass); ``energies`` stay the model's atomic energies without the field
+term, and stress is not available under a field.
+
 The model is loaded once; each call rebuilds only the neighbour list and a few small tensors.
 With ``skin > 0`` (e.g. ``skin=1.0`` for MD) even the neighbour list is reused: it is built once
 with ``cutoff + skin`` and, while no atom has moved more than ``skin / 2`` since (and numbers,
@@ -39,7 +44,13 @@ from mlip.data.neighbours import build_neighbour_list
 from mlip.data.reading import check_structure, normalise_pbc
 from mlip.device import select_device
 from mlip.errors import MLIPError
-from mlip.model.derivatives import SOURCES, derivative_source, forward_with_position_derivatives
+from mlip.model.derivatives import (
+    BORN_CHARGES,
+    SOURCES,
+    derivative_source,
+    forward_in_electric_field,
+    forward_with_position_derivatives,
+)
 from mlip.model.potential import MLIPModel, load_model
 from mlip.outputs import ENERGY, FORCES, NODE_ENERGY, STRESS
 
@@ -63,6 +74,9 @@ class MLIPCalculator(Calculator):
             ``skin / 2`` (or the cell, periodicity or atoms change). Same results either way
             (up to the summation order, ~1e-15 relative); faster in MD, where the list changes
             slowly. Typical: 0.5–2 Å.
+        electric_field: uniform field ``[3]`` (V/Å for a dipole in e·Å) coupled through the
+            model's dipole (energy ``U − μ·E``, forces ``F + Zᵀ E``); None or zeros: no field.
+            Needs a model with energy and a per-structure ``dipole`` target.
     """
 
     implemented_properties = [
@@ -84,6 +98,7 @@ class MLIPCalculator(Calculator):
         dtype: str = "float64",
         min_distance: float = 0.1,
         skin: float = 0.0,
+        electric_field: Any = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -120,6 +135,35 @@ class MLIPCalculator(Calculator):
         ]
         self.implemented_properties = energy_props + self.tensor_names + self.derivative_names
         self.has_energy = self.model.has_energy
+        self._field: np.ndarray | None = None
+        self.electric_field = electric_field
+
+    @property
+    def electric_field(self) -> np.ndarray | None:
+        """The uniform field ``[3]`` (V/Å for a dipole in e·Å), or None; setting it resets results."""
+        return None if self._field is None else self._field.copy()
+
+    @electric_field.setter
+    def electric_field(self, value: Any) -> None:
+        if value is None:
+            field = None
+        else:
+            field = np.asarray(value, dtype=np.float64)
+            if field.shape != (3,) or not np.all(np.isfinite(field)):
+                raise MLIPError(f"electric_field must be three finite numbers (V/Å), got {value!r}")
+            if not np.any(field):
+                field = None
+            else:
+                if not self._has_source(BORN_CHARGES):
+                    have = ", ".join(s.name for s in self.model.target_specs)
+                    raise MLIPError(
+                        "electric_field couples through the model's dipole, but the model has no "
+                        f"per-structure vector target 'dipole' (its targets: {have})"
+                    )
+                if not self.has_energy:
+                    raise MLIPError("electric_field needs a model with an energy target")
+        self._field = field
+        self.reset()
 
     def _has_source(self, name: str) -> bool:
         try:
@@ -155,10 +199,25 @@ class MLIPCalculator(Calculator):
         periodic = bool(np.all(atoms.pbc))
         want_stress = periodic and self.has_energy and "stress" in properties
         derivatives = [name for name in self.derivative_names if name in properties]
-        if derivatives:
+        if self._field is not None and want_stress:
+            raise MLIPError("stress is not available under an electric field (electric_field is set)")
+        if self._field is not None and not derivatives:
+            field = torch.as_tensor(self._field, dtype=self.dtype, device=self.device)
+            out = forward_in_electric_field(self.model, graph, field)
+        elif derivatives:
+            wanted = derivatives + ([BORN_CHARGES] if self._field is not None else [])
             out = forward_with_position_derivatives(
-                self.model, graph, derivatives, compute_forces=self.has_energy, compute_stress=want_stress
+                self.model,
+                graph,
+                sorted(set(wanted)),
+                compute_forces=self.has_energy,
+                compute_stress=want_stress,
             )
+            if self._field is not None:  # the same coupling from the Born charges just computed
+                field = torch.as_tensor(self._field, dtype=out[BORN_CHARGES].dtype, device=self.device)
+                dipole = derivative_source(self.model, BORN_CHARGES)
+                out[FORCES] = out[FORCES] + torch.einsum("iab,a->ib", out[BORN_CHARGES], field)
+                out[ENERGY] = out[ENERGY] - (out[dipole] * field).sum(-1).to(out[ENERGY].dtype)
         else:
             out = self.model(graph, compute_forces=self.has_energy, compute_stress=want_stress)
         results: dict[str, Any] = {}

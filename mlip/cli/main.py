@@ -118,6 +118,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--record-every", type=int, default=10, help="write a frame every N steps (default 10)")
     p.add_argument("--skin", type=float, default=1.0, help="neighbour-list skin, Å (default 1.0; 0 = off)")
     p.add_argument("--restart", default=None, metavar="OUT.xyz", help="continue from this file's last frame")
+    p.add_argument(
+        "--electric-field",
+        default=None,
+        metavar="EX,EY,EZ",
+        help="uniform field, V/Å (dipole in e·Å), coupled through the model's dipole: forces + Zᵀ·E",
+    )
     p.add_argument("--device", default="auto")
     p.add_argument("--dtype", default="float64", choices=["float32", "float64"])
     p.add_argument("--no-progress", action="store_true", help="a line per frame instead of a progress bar")
@@ -296,6 +302,7 @@ def main(argv: list[str] | None = None) -> int:
                 restart=args.restart,
                 skin=args.skin,
                 progress=not args.no_progress,
+                electric_field=args.electric_field,
             )
         elif args.command == "ipi":
             from mlip.cli.ipi import run_ipi

@@ -10,6 +10,12 @@ leaves the frames written so far; ``--restart OUT.xyz`` continues from its last 
 (positions and momenta; a partly written last frame is dropped) and appends until ``--steps``
 steps in total.
 
+``--electric-field EX,EY,EZ`` (V/Å, for a dipole in e·Å) runs the MD in a uniform electric field
+coupled through the model's dipole: energy ``U − μ·E``, forces ``F + Zᵀ E`` (Born charges ``Z``;
+:class:`~mlip.calculators.ase_calculator.MLIPCalculator`); the frames record the field
+(``electric_field`` info) and ``MLIP_energy``/``MLIP_forces`` include its terms. A restart keeps the
+field of the file's last frame unless ``--electric-field`` is given.
+
 Temperatures: ``--temperature T`` is the thermostat's target (nvt, csvr) or the intended average
 temperature (nve). Initial velocities are drawn (Maxwell–Boltzmann, no centre-of-mass motion, no
 rotation for molecules) at ``--initial-temperature``, by default ``T`` with a thermostat and ``2 T``
@@ -50,6 +56,19 @@ def initial_temperature(ensemble: str, temperature: float, initial: float | None
     if initial is not None:
         return initial
     return 2.0 * temperature if ensemble == "nve" else temperature
+
+
+def parse_field(text: str | None) -> np.ndarray | None:
+    """``"0,0,0.1"`` → ``array([0, 0, 0.1])`` (V/Å); ``None`` stays ``None``."""
+    if text is None:
+        return None
+    try:
+        field = np.array([float(p) for p in text.split(",")])
+    except ValueError:
+        field = np.array([])
+    if field.shape != (3,) or not np.all(np.isfinite(field)):
+        raise MLIPError(f"--electric-field: expected three numbers in V/Å like 0,0,0.1, got {text!r}")
+    return field
 
 
 def parse_supercell(text: str | None) -> tuple[int, int, int] | None:
@@ -109,11 +128,12 @@ def _restart_state(path: str):
     if "md_step" not in atoms.info or "momenta" not in atoms.arrays:
         raise MLIPError(f"{path}: last frame has no md_step or momenta (not written by mlip md)")
     step = int(atoms.info["md_step"])
+    field = atoms.info.get("electric_field")
     atoms.calc = None
     for key in [k for k in atoms.arrays if k.startswith("MLIP_")]:
         del atoms.arrays[key]
     atoms.info = {}
-    return atoms, step, frames
+    return atoms, step, frames, (None if field is None else np.asarray(field, dtype=np.float64))
 
 
 def _frame(atoms, calc, step: int, timestep_fs: float):
@@ -126,12 +146,15 @@ def _frame(atoms, calc, step: int, timestep_fs: float):
     frame.info = {"md_step": int(step), "time_fs": float(step * timestep_fs)}
     frame.info["temperature_K"] = float(atoms.get_temperature())
     frame.set_momenta(atoms.get_momenta())
+    field = calc.electric_field
+    if field is not None:
+        frame.info["electric_field"] = field
     values = {}
     if calc.has_energy:
         values[ENERGY] = calc.get_property("energy", atoms)
         values[NODE_ENERGY] = calc.get_property("energies", atoms)
         values[FORCES] = calc.get_property("forces", atoms)
-        if np.all(atoms.pbc):
+        if np.all(atoms.pbc) and field is None:  # no stress under a field
             values[STRESS] = calc.get_property("stress", atoms)
     for name in calc.tensor_names:
         values[name] = calc.get_property(name, atoms)
@@ -170,6 +193,7 @@ def run_md(
     restart: str | None = None,
     skin: float = 1.0,
     progress: bool = True,
+    electric_field: str | None = None,
 ) -> None:
     """Run MD and append a frame to ``output`` every ``record_every`` steps (see the module docstring)."""
     from ase import units
@@ -192,9 +216,13 @@ def run_md(
         raise MLIPError("give the output file with -o OUT.xyz")
     check_writable(output)
     reps = parse_supercell(supercell)
+    field = parse_field(electric_field)
 
     if restart is not None:
-        atoms, start_step, frames = _restart_state(restart)
+        atoms, start_step, frames, previous_field = _restart_state(restart)
+        if field is None and previous_field is not None:
+            field = previous_field
+            print(f"mlip: md: keeping the electric field of {restart}: {field.tolist()} V/Å", flush=True)
         if os.path.abspath(restart) != os.path.abspath(output):
             frames = 0
         rng = np.random.default_rng([seed, start_step])  # a restart at step s draws the same noise
@@ -212,6 +240,10 @@ def run_md(
     calc = MLIPCalculator(model_path, device=device, dtype=dtype, skin=skin)
     if not calc.has_energy:
         raise MLIPError(f"{model_path}: the model has no energy target, so it gives no forces for MD")
+    try:
+        calc.electric_field = field
+    except MLIPError as err:
+        raise MLIPError(f"{model_path}: --electric-field: {err}") from None
     atoms.calc = calc
     if restart is None:
         start_t = initial_temperature(ensemble, temperature, initial_temp)

@@ -17,6 +17,7 @@ def files(tmp_path_factory):
     folder = tmp_path_factory.mktemp("md")
     save_model(tensor_model(), str(folder / "model.pt"))
     save_model(tensor_model(TARGETS[2:]), str(folder / "tensors_only.pt"))
+    save_model(tensor_model(TARGETS[:2]), str(folder / "energy_only.pt"))
     ase.io.write(folder / "start.xyz", molecule(0))
     return folder
 
@@ -82,6 +83,35 @@ def test_restart_continues_an_interrupted_run(files, tmp_path):
     assert len(ase.io.read(cut, ":")) == 5
 
 
+def test_md_in_an_electric_field_conserves_the_field_energy_and_restarts_with_it(files, tmp_path):
+    """NVE with ``--electric-field``: frames record the field, ``MLIP_energy`` (= U − μ·E) plus the
+    kinetic energy is conserved, the field changes the trajectory, and a restart keeps the field."""
+    out, plain = tmp_path / "field.xyz", tmp_path / "plain.xyz"
+    common = ["--ensemble", "nve", "--steps", "40", "--record-every", "10", "--temperature", "200"]
+    assert md(files, out, *common, "--electric-field", "0.05,-0.03,0.08") == 0
+    assert md(files, plain, *common) == 0
+    frames, reference = ase.io.read(out, ":"), ase.io.read(plain, ":")
+    for f in frames:
+        np.testing.assert_allclose(f.info["electric_field"], [0.05, -0.03, 0.08])
+    epot = np.array([f.info["MLIP_energy"] for f in frames])
+    etot = epot + np.array([f.get_kinetic_energy() for f in frames])
+    assert np.ptp(epot) > 1e-3 and np.ptp(etot) < 0.05 * np.ptp(epot)
+    # the field's energy −μ·E is in MLIP_energy, and it moves the atoms differently
+    mu = np.asarray(frames[0].info["MLIP_dipole"])
+    assert frames[0].info["MLIP_energy"] - reference[0].info["MLIP_energy"] == pytest.approx(
+        -mu @ [0.05, -0.03, 0.08], abs=1e-8
+    )
+    assert np.abs(frames[-1].positions - reference[-1].positions).max() > 1e-4
+    # continuing past the end keeps the field of the file's last frame
+    args = ["md", str(files / "model.pt"), "--restart", str(out), "--steps", "50", "--ensemble", "nve"]
+    assert (
+        main([*args, "--timestep", "0.25", "--record-every", "10", "--device", "cpu", "--no-progress"]) == 0
+    )
+    last = ase.io.read(out, -1)
+    assert last.info["md_step"] == 50
+    np.testing.assert_allclose(last.info["electric_field"], [0.05, -0.03, 0.08])
+
+
 @pytest.mark.parametrize("ensemble", ["nvt", "csvr"])
 def test_thermostats_run(files, tmp_path, ensemble):
     out = tmp_path / "t.xyz"
@@ -97,12 +127,17 @@ def test_thermostats_run(files, tmp_path, ensemble):
         (["--restart", "missing.xyz"], "missing.xyz: restart file not found"),
         (["--record-every", "0"], "--record-every >= 1"),
         (["--model", "tensors_only.pt"], "has no energy target"),
+        (["--electric-field", "0,0"], "--electric-field: expected three numbers"),
+        (
+            ["--model", "energy_only.pt", "--electric-field", "0,0,0.1"],
+            "no per-structure vector target 'dipole'",
+        ),
     ],
 )
 def test_md_errors_are_one_line(files, tmp_path, capsys, extra, fragment):
     model = str(files / "model.pt")
     if extra[0] == "--model":
-        model, extra = str(files / extra[1]), []
+        model, extra = str(files / extra[1]), extra[2:]
     extra = [str(tmp_path / e) if e.endswith(".xyz") else e for e in extra]
     args = ["md", model, str(files / "start.xyz"), "-o", str(tmp_path / "o.xyz"), "--device", "cpu"]
     capsys.readouterr()
