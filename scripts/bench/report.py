@@ -437,6 +437,8 @@ def md_curves(runs: list[dict], plots: dict[str, str], md_dir: str, failed: list
                     for s in r["snapshots"]
                     if target in s["errors"].get(test, {})
                 )
+                if task == "water" and target != "energy":  # the source's undocumented units (plots.py)
+                    unit = "10⁻³ × source unit"
                 for key in sorted(table, key=order_key):
                     code, size, _ = key
                     cells = [_spread(table[key][m]) if m in table[key] else "–" for m in marks]
