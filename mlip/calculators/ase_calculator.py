@@ -136,6 +136,7 @@ class MLIPCalculator(Calculator):
         self.implemented_properties = energy_props + self.tensor_names + self.derivative_names
         self.has_energy = self.model.has_energy
         self._field: np.ndarray | None = None
+        self._field_tensor: torch.Tensor | None = None  # the same, on the model's device and dtype
         self.electric_field = electric_field
 
     @property
@@ -163,6 +164,9 @@ class MLIPCalculator(Calculator):
                 if not self.has_energy:
                     raise MLIPError("electric_field needs a model with an energy target")
         self._field = field
+        self._field_tensor = (
+            None if field is None else torch.as_tensor(field, dtype=self.dtype, device=self.device)
+        )
         self.reset()
 
     def _has_source(self, name: str) -> bool:
@@ -199,13 +203,13 @@ class MLIPCalculator(Calculator):
         periodic = bool(np.all(atoms.pbc))
         want_stress = periodic and self.has_energy and "stress" in properties
         derivatives = [name for name in self.derivative_names if name in properties]
-        if self._field is not None and want_stress:
+        field = self._field_tensor
+        if field is not None and want_stress:
             raise MLIPError("stress is not available under an electric field (electric_field is set)")
-        if self._field is not None and not derivatives:
-            field = torch.as_tensor(self._field, dtype=self.dtype, device=self.device)
+        if field is not None and not derivatives:
             out = forward_in_electric_field(self.model, graph, field)
         elif derivatives:
-            wanted = derivatives + ([BORN_CHARGES] if self._field is not None else [])
+            wanted = derivatives + ([BORN_CHARGES] if field is not None else [])
             out = forward_with_position_derivatives(
                 self.model,
                 graph,
@@ -213,8 +217,7 @@ class MLIPCalculator(Calculator):
                 compute_forces=self.has_energy,
                 compute_stress=want_stress,
             )
-            if self._field is not None:  # the same coupling from the Born charges just computed
-                field = torch.as_tensor(self._field, dtype=out[BORN_CHARGES].dtype, device=self.device)
+            if field is not None:  # the same coupling from the Born charges just computed
                 dipole = derivative_source(self.model, BORN_CHARGES)
                 out[FORCES] = out[FORCES] + torch.einsum("iab,a->ib", out[BORN_CHARGES], field)
                 out[ENERGY] = out[ENERGY] - (out[dipole] * field).sum(-1).to(out[ENERGY].dtype)

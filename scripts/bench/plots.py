@@ -28,7 +28,8 @@ UNITS = {
     "dipole": "me·Å",
     "polarizability": "mÅ³",
 }
-WATER_UNITS = {"dipole": "10⁻³ × source unit", "polarizability": "10⁻³ × source unit"}
+WATER_UNIT = "10⁻³ × source unit"  # water_bulk.xyz does not state its units
+WATER_UNITS = {"dipole": WATER_UNIT, "polarizability": WATER_UNIT}
 
 
 def _log_axes(ax) -> None:

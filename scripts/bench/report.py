@@ -374,6 +374,7 @@ def _final_errors(runs: list[dict], task: str, test: str, target: str) -> dict:
 def md_curves(runs: list[dict], plots: dict[str, str], md_dir: str, failed: list[dict]) -> str:
     """Section 1: per task a figure, RMSE at the marks (mean [min–max] over seeds), final errors."""
     from curves import curve_table, order_key, seed_stats
+    from plots import WATER_UNIT
 
     seeds = sorted({r["seed"] for r in runs})
     lines = [
@@ -437,8 +438,8 @@ def md_curves(runs: list[dict], plots: dict[str, str], md_dir: str, failed: list
                     for s in r["snapshots"]
                     if target in s["errors"].get(test, {})
                 )
-                if task == "water" and target != "energy":  # the source's undocumented units (plots.py)
-                    unit = "10⁻³ × source unit"
+                if task == "water":  # the source's undocumented units, as the plots label them
+                    unit = WATER_UNIT
                 for key in sorted(table, key=order_key):
                     code, size, _ = key
                     cells = [_spread(table[key][m]) if m in table[key] else "–" for m in marks]
