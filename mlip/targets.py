@@ -59,6 +59,8 @@ class TargetSpec:
         unit_factor: multiplies file values to get model units.
         virial_key: for ``stress`` only, alternative key holding the virial (eV); converted
             with ``stress = -virial / volume``.
+        charges: for a per-structure ``vector`` (a molecular dipole) only: add learned partial
+            charges times positions to the atomic dipoles (:mod:`mlip.model.charges`).
     """
 
     name: str
@@ -70,6 +72,7 @@ class TargetSpec:
     unit_factor: float = 1.0
     virial_key: str | None = None
     symmetric: bool = True
+    charges: bool = False
     extra: dict = field(default_factory=dict, compare=False, hash=False)
 
     def __post_init__(self) -> None:
@@ -90,6 +93,7 @@ class TargetSpec:
             "unit_factor": self.unit_factor,
             "virial_key": self.virial_key,
             "symmetric": self.symmetric,
+            "charges": self.charges,
         }
 
     @classmethod

@@ -10,9 +10,10 @@ model's dipole (:func:`forward_in_electric_field`): energy ``U − μ·E`` and f
 
 Both are exact derivatives of the model's predictions (one forward pass, then one backward pass
 per tensor component). The model's per-structure tensors are sums of atomic terms, each a function
-of the interatomic vectors only, so they are translation invariant and ``Σ_i Z_i = 0`` (and
-``Σ_i P_i = 0``) holds exactly, whatever the total charge: the model has no ``q·r`` term, so a
-charged system's dipole does not depend on the origin either. Under a rotation or reflection ``R``
+of the interatomic vectors only, plus (with ``charges: true``) learned charges that sum to zero in
+each structure times positions, so they are translation invariant and ``Σ_i Z_i = 0`` (and
+``Σ_i P_i = 0``) holds exactly, whatever the total charge: a charged system's dipole does not
+depend on the origin either (the model does not know the net charge). Under a rotation or reflection ``R``
 of the structure ``Z_i ↦ R Z_i Rᵀ`` and ``P_i ↦ (R ⊗ R ⊗ R) P_i``, as the equivariant heads imply.
 """
 

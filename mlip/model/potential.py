@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from mlip.model.backbone import ScalarBackbone
+from mlip.model.charges import PartialChargeDipole, refuse_periodic
 from mlip.model.heads import EnergyHead
 from mlip.outputs import ENERGY, FORCES, NODE_ENERGY, STRESS, VIRIAL
 from mlip.targets import TargetSpec
@@ -140,6 +141,14 @@ class MLIPModel(nn.Module):
             self.tensor_heads = TensorHeads(
                 self.backbone.channels, self.backbone.lmax, tensor_specs, **tensor
             )
+        # learned partial charges × positions added to molecular dipoles (``charges: true``)
+        self.charge_dipoles = nn.ModuleDict()
+        for spec in tensor_specs:
+            if spec.charges:
+                scale = float((tensor.get("scales") or {}).get(spec.name, 1.0))
+                self.charge_dipoles[spec.name] = PartialChargeDipole(
+                    self.backbone.channels, int(tensor.get("hidden", 64)), scale
+                )
 
     # ------------------------------------------------------------------ helpers
     @property
@@ -259,6 +268,9 @@ class MLIPModel(nn.Module):
         if self.tensor_heads is not None:
             with torch.set_grad_enabled(torch.is_grad_enabled() and tensors_need_graph):
                 out.update(self.tensor_heads(features, density, batch, num_graphs))
+                for name, charge_dipole in self.charge_dipoles.items():
+                    refuse_periodic(getattr(data, "pbc", None), name)
+                    out[name] = out[name] + charge_dipole(features[-1], pos, batch, num_graphs)
         return out
 
 

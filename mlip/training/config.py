@@ -70,6 +70,7 @@ class TargetConfig:
     unit: str | None = None  # a name from mlip.targets.UNIT_FACTORS
     unit_factor: float | None = None  # or an explicit factor (file value × factor)
     virial_key: str | None = None  # stress only
+    charges: bool = False  # vector (molecular dipole) only: + learned partial charges × positions
 
 
 @dataclass
@@ -161,6 +162,7 @@ class Config:
                     unit_factor=factor,
                     virial_key=tc.virial_key,
                     symmetric=tc.symmetric,
+                    charges=tc.charges,
                 )
             )
         return sorted(
@@ -322,6 +324,12 @@ def _validate(cfg: Config, source: str) -> None:
     for name, tc in cfg.targets.items():
         if tc.weight < 0:
             raise MLIPError(f"{source}: 'targets.{name}.weight' must be ≥ 0 (got {tc.weight})")
+        if tc.charges and (name in ENERGY_KINDS or tc.type != "vector" or tc.per_atom):
+            kind = name if name in ENERGY_KINDS else f"{'per-atom ' if tc.per_atom else ''}{tc.type}"
+            raise MLIPError(
+                f"{source}: 'targets.{name}.charges' needs a per-structure vector target (a molecular "
+                f"dipole); '{name}' is {kind}"
+            )
         if name in ENERGY_KINDS:
             continue
         if tc.type is None:

@@ -47,9 +47,15 @@ def molecule(seed: int = 0) -> Atoms:
     return Atoms("COHHH", positions=pos + rng.normal(scale=0.08, size=pos.shape))
 
 
-@pytest.fixture(scope="module")
-def calc():
-    return MLIPCalculator(tensor_model(), device="cpu", dtype="float64")
+def with_charges(targets=TARGETS) -> list[dict]:
+    """The targets with a partial-charge dipole (``μ = Σ q̃_i r_i + Σ μ_i``, mlip.model.charges)."""
+    return [dict(t, charges=True) if t["name"] == "dipole" else t for t in targets]
+
+
+@pytest.fixture(scope="module", params=["atomic dipoles", "partial charges"])
+def calc(request):
+    targets = with_charges() if request.param == "partial charges" else TARGETS
+    return MLIPCalculator(tensor_model(targets), device="cpu", dtype="float64")
 
 
 def _prop(calc, atoms, name):
@@ -101,7 +107,8 @@ def test_energy_and_tensors_unchanged_when_derivatives_are_asked(calc):
 
 
 def test_acoustic_sum_rule_holds_exactly(calc):
-    """The dipole is a sum of atomic terms of interatomic vectors: translation invariant, Σ_i Z_i = 0."""
+    """The dipole is a sum of atomic terms of interatomic vectors plus charges summing to zero times
+    positions: translation invariant, Σ_i Z_i = 0."""
     atoms = molecule(4)
     z = _prop(calc, atoms, "born_charges")
     p = _prop(calc, atoms, "polarizability_derivatives")
@@ -162,7 +169,7 @@ def test_predict_writes_born_charges(tmp_path, calc, capsys):
     from mlip.model.potential import save_model
 
     model_path, data, out = tmp_path / "model.pt", tmp_path / "in.xyz", tmp_path / "out.xyz"
-    save_model(tensor_model(), str(model_path))
+    save_model(calc.model, str(model_path))
     frames = [molecule(8), molecule(9)[:4]]
     ase.io.write(data, frames)
     args = ["predict", str(model_path), str(data), "-o", str(out), "--device", "cpu", "--no-progress"]

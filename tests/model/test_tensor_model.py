@@ -23,6 +23,7 @@ def make_model(lmax: int = 3, **backbone) -> MLIPModel:
     targets = [
         {"name": "energy", "kind": "energy", "key": "energy"},
         {"name": "dipole", "kind": "vector", "key": "mu", "irreps": [[1, 1]]},
+        {"name": "charged_dipole", "kind": "vector", "key": "mu", "irreps": [[1, 1]], "charges": True},
         {"name": "polarizability", "kind": "rank2", "key": "alpha", "irreps": [[0, 1], [2, 1]]},
         {
             "name": "born",
@@ -103,6 +104,7 @@ def test_cartesian_outputs_rotate(model, name, rot):
     r = torch.tensor(rot)
     assert ref["dipole"].abs().max() > 1e-3 and ref["polarizability"].abs().max() > 1e-3
     torch.testing.assert_close(out["dipole"], ref["dipole"] @ r.T, atol=1e-10, rtol=0)
+    torch.testing.assert_close(out["charged_dipole"], ref["charged_dipole"] @ r.T, atol=1e-10, rtol=0)
     torch.testing.assert_close(out["polarizability"], r @ ref["polarizability"] @ r.T, atol=1e-10, rtol=0)
     torch.testing.assert_close(out["born"], r @ ref["born"] @ r.T, atol=1e-10, rtol=0)
     torch.testing.assert_close(out["energy"], ref["energy"], atol=1e-10, rtol=0)
@@ -138,12 +140,12 @@ def test_translation_and_permutation(model):
     moved = atoms.copy()
     moved.positions += np.array([3.0, -7.0, 11.0])
     out = predict(model, moved)
-    for key in ("dipole", "polarizability", "global_sph", "atomic_sph", "born"):
+    for key in ("dipole", "charged_dipole", "polarizability", "global_sph", "atomic_sph", "born"):
         torch.testing.assert_close(out[key], ref[key], atol=1e-10, rtol=0)
     perm = np.random.default_rng(0).permutation(len(atoms))
     permuted = atoms[perm]
     out = predict(model, permuted)
-    for key in ("dipole", "polarizability", "global_sph"):
+    for key in ("dipole", "charged_dipole", "polarizability", "global_sph"):
         torch.testing.assert_close(out[key], ref[key], atol=1e-10, rtol=0)
     torch.testing.assert_close(out["atomic_sph"], ref["atomic_sph"][perm], atol=1e-10, rtol=0)
 
