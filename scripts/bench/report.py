@@ -348,8 +348,15 @@ def _spread(st: dict) -> str:
     return f"{_g(st['mean'])} [{_g(st['min'])}–{_g(st['max'])}]"
 
 
-def _run_label(code: str, size: str) -> str:
-    return f"{LABELS.get(code, code)} ({size})"
+def _run_label(code: str, size: str, budget: float | None = None) -> str:
+    """``mlip (medium)``; with a budget (a code and size run at several budgets) ``mlip (medium, 10 min)``."""
+    return f"{LABELS.get(code, code)} ({size}{'' if budget is None else f', {budget:g} min'})"
+
+
+def _budget_or_none(key: tuple, keys) -> float | None:  # noqa: ANN001 - any iterable of keys
+    """The budget of ``key = (code, size, budget)`` if that code and size ran at several budgets."""
+    budgets = {k[2] for k in keys if k[:2] == key[:2]}
+    return key[2] if len(budgets) > 1 else None
 
 
 def _final_errors(runs: list[dict], task: str, test: str, target: str) -> dict:
@@ -442,6 +449,7 @@ def md_curves(runs: list[dict], plots: dict[str, str], md_dir: str, failed: list
                     unit = WATER_UNIT
                 for key in sorted(table, key=order_key):
                     code, size, _ = key
+                    label = _run_label(code, size, _budget_or_none(key, table))
                     cells = [_spread(table[key][m]) if m in table[key] else "–" for m in marks]
                     f = finals.get(key, {})
                     me = seed_stats(f.get("me", []))
@@ -450,7 +458,7 @@ def md_curves(runs: list[dict], plots: dict[str, str], md_dir: str, failed: list
                         me["mean"] is not None and abs(me["mean"]) > 0.5 * (rmse["mean"] or 0)
                     ) else ""  # fmt: skip
                     lines.append(
-                        f"| {TARGET_NAMES.get(target, target).strip()} ({unit}) | {_run_label(code, size)} | "
+                        f"| {TARGET_NAMES.get(target, target).strip()} ({unit}) | {label} | "
                         + " | ".join(cells)
                         + f" | {_spread(seed_stats(f.get('mae', [])))} | {_spread(me)}{flag} |"
                     )
