@@ -21,14 +21,16 @@ Fused evaluation. Evaluated block by block, the heads cost a few hundred small t
 which on small systems is a large fraction of a whole energy + forces call. Where every basis element
 is a polynomial of degree ≤ 2 in the vectors (dipoles, polarizabilities, any rank-2 tensor: λ ≤ 2
 proper tensors and the λ=1 pseudovector; not the λ=0 and λ=2 pseudotensors or λ ≥ 3), all targets
-are evaluated at once instead (:class:`FusedPlan`): each basis element is a fixed quadratic form of
-``u = (1, v_1, ..., v_Q)``, so all of them, already scaled and converted to Cartesian components, and
-the Gram invariants too, are one matrix product of the pair products ``u_i u_j`` (i ≤ j, only the
-pairs some element uses); the coefficient networks run as one network (concatenated first layers,
-block-diagonal second layers: the same function and the same parameters); the density elements are
-one more product. At inference the assembled weights are cached until a parameter changes. The
-result equals the block-wise evaluation to rounding (tests/model/test_tensor_heads_fused.py); other
-models use the block-wise path.
+are evaluated at once instead (:class:`FusedPlan`): ``u = (1, v_1, ..., v_Q)`` is one product of
+the flattened l=1 density; each basis element is a fixed quadratic form of ``u``, so all of them,
+already scaled and converted to Cartesian components, and the Gram invariants too, are one matrix
+product of the pair products ``u_i u_j`` (i ≤ j, only the pairs some element uses); the coefficient
+networks run as one network (concatenated first layers, block-diagonal second layers: the same
+function and the same parameters); the density elements are two more products, and one batched
+product sums coefficients × bases. About 90 tensor operations per call instead of ~500 block by
+block. At inference the assembled weights are cached until a parameter changes. The result equals
+the block-wise evaluation to rounding (tests/model/test_tensor_heads_fused.py); other models use the
+block-wise path.
 """
 
 from __future__ import annotations
@@ -68,14 +70,17 @@ class FusedPlan:
 
     Attributes:
         pair_first, pair_second: ``[P]`` the products ``u_i u_j`` (i ≤ j) that any basis element or Gram
-            invariant uses (P ≤ U(U+1)/2); ``w = u[pair_first] · u[pair_second]``.
+            invariant uses (P ≤ U(U+1)/2), and (0, 0) first; ``w = u[pair_first] · u[pair_second]``.
         quadratic: ``[P, K, M]``: basis element k, spherical component m is ``w @ quadratic[:, k, m]``
             (zero outside the element's own slot).
         gram: ``[P, Q(Q+1)/2]``: the Gram invariants ``v_p · v_q`` (p ≤ q) are ``w @ gram``.
         cartesian: ``[M, O]``: spherical components → output components (block-diagonal per target;
             the identity for ``spherical`` targets).
         outputs: per target, ``(first output column, last + 1, output shape per row)``.
-        extra_coefficients: ``[K_e]`` positions in the K coefficients of the density elements.
+        extra_coefficients: ``[K_e]`` positions in the K coefficients of the density elements;
+            ``basis_coefficients`` ``[K − K_e]`` the others (the basis elements').
+        extra_row_range: ``(first, last + 1)`` when ``extra_rows`` is a contiguous range (a slice, not
+            a gather: e.g. a dipole and a polarizability), else None.
         extra_rows: ``[M_e]`` density rows (index into ``(lmax+1)²``) of each density-element component.
         extra_slot: ``[M_e]`` which density-element slot (0..S_e−1) each of those components belongs to.
         extra_columns: ``[M_e]`` their spherical columns (0..M−1).
@@ -91,6 +96,8 @@ class FusedPlan:
     cartesian: torch.Tensor
     outputs: list[tuple[int, int, tuple[int, ...]]]
     extra_coefficients: torch.Tensor
+    basis_coefficients: torch.Tensor
+    extra_row_range: tuple[int, int] | None
     extra_rows: torch.Tensor
     extra_slot: torch.Tensor
     extra_columns: torch.Tensor
@@ -279,6 +286,10 @@ class TensorHeads(nn.Module):
         first, second = torch.triu_indices(u, u)
         used = (quadratic[first, second] != 0).flatten(1).any(1) | (gram[first, second] != 0).any(1)
         first, second = first[used], second[used]
+        extra_set = set(extra_coefficients)
+        row_range = (extra_rows[0], extra_rows[-1] + 1) if extra_rows else None
+        if row_range and extra_rows != list(range(*row_range)):
+            row_range = None  # slots of several targets repeat rows: a gather, not a slice
         return FusedPlan(
             pair_first=first,
             pair_second=second,
@@ -287,6 +298,10 @@ class TensorHeads(nn.Module):
             cartesian=torch.block_diag(*conversions),
             outputs=outputs,
             extra_coefficients=torch.tensor(extra_coefficients, dtype=torch.long),
+            basis_coefficients=torch.tensor(
+                [k for k in range(k_total) if k not in extra_set], dtype=torch.long
+            ),
+            extra_row_range=row_range,
             extra_rows=torch.tensor(extra_rows, dtype=torch.long),
             extra_slot=torch.tensor(extra_slot, dtype=torch.long),
             extra_columns=torch.tensor(extra_columns, dtype=torch.long),
@@ -309,39 +324,61 @@ class TensorHeads(nn.Module):
             plan = self._plan
             floats = ("quadratic", "gram", "cartesian", "column_lambda0")
             integers = ("pair_first", "pair_second", "extra_coefficients", "extra_rows", "extra_slot")
+            integers += ("basis_coefficients",)
             integers += ("extra_columns", "column_target")
             constants = {name: getattr(plan, name).to(device=device, dtype=dtype) for name in floats}
             constants.update({name: getattr(plan, name).to(device) for name in integers})
+            constants["u_0"] = torch.zeros(1 + 3 * self.num_vectors, dtype=dtype, device=device)
+            constants["u_0"][0] = 1.0  # the constant entry of u, as the projection's bias
             self._constants[key] = constants
         return self._constants[key]
 
     def _assemble_weights(self, constants: dict) -> dict[str, torch.Tensor]:
         """Every weight of the fused evaluation, from the parameters and buffers (see _forward_fused).
 
-        The scales and the spherical → Cartesian conversion are folded into the bases' matrix, which
-        also gives the Gram invariants: one product with the pair products ``w``.
+        Folded so that a call is a handful of matrix products: the vectors' projection (and the
+        constant ``u_0 = 1``, as a bias) acts on the flattened l=1 density; the scales and the
+        spherical → Cartesian conversion sit in the bases' matrix, which also gives the Gram
+        invariants; the activation's constant factor sits in the second layer, whose outputs are
+        ordered basis coefficients first, density-element coefficients last; the density elements'
+        conversion is spread over (row, slot) pairs so that no gather is needed.
         """
         plan = self._plan
         nets = list(self.coefficients.values())
         target = constants["column_target"]
         conversion = constants["cartesian"] * self.scales[target].unsqueeze(1)  # [M, O], scaled
         n_pairs, k, m = constants["quadratic"].shape
-        bases_w = (constants["quadratic"].reshape(n_pairs * k, m) @ conversion).reshape(n_pairs, -1)
+        basis, extra = constants["basis_coefficients"], constants["extra_coefficients"]
+        bases_w = (constants["quadratic"][:, basis].reshape(-1, m) @ conversion).reshape(n_pairs, -1)
+        channels = self.vector_projection.weight.shape[1]
+        vectors = torch.block_diag(*[self.vector_projection.weight / 3**0.5] * 3)  # [3Q, 3C], rows a-major
+        order = torch.cat([basis, extra])
+        second_w = (
+            torch.block_diag(*[net[2].weight for net in nets])[order] * 1.6790
+        )  # NormalisedSiLU's factor
         weights = {
-            "vectors": self.vector_projection.weight.t() / 3**0.5,  # [C, Q]
-            "pairs": torch.cat([bases_w, constants["gram"]], dim=1),  # [P, K·O + Q(Q+1)/2]
-            "first_w": torch.cat([net[0].weight for net in nets]),
+            "u": torch.cat([vectors.new_zeros(1, 3 * channels), vectors]).t(),  # [3C, U]
+            "pairs": torch.cat([bases_w, constants["gram"]], dim=1),  # [P, K_b·O + Q(Q+1)/2]
+            "first_w": torch.cat([net[0].weight for net in nets]).t(),  # [C + Q(Q+1)/2, H]
             "first_b": torch.cat([net[0].bias for net in nets]),
-            "second_w": torch.block_diag(*[net[2].weight for net in nets]),
-            "second_b": torch.cat([net[2].bias for net in nets]),
+            "second_w": second_w.t(),  # [H, K_b + K_e]
+            "second_b": torch.cat([net[2].bias for net in nets])[order],
             # the λ=0 shifts are added after the scales, in spherical components: converted, not scaled
             "shift": (self.shifts[target] * constants["column_lambda0"]) @ constants["cartesian"],
         }
         if plan.extra_keys:
             weights["extra_w"] = torch.block_diag(
                 *[self.density_projections[k].weight for k in plan.extra_keys]
+            )  # [K_e, S_e·C]
+            # row r of the density elements belongs to slot s(r): its conversion sits at (r, s(r))
+            rows_conversion = conversion[constants["extra_columns"]]  # [M_e, O]
+            slots = len(plan.extra_keys)
+            spread = rows_conversion.new_zeros(rows_conversion.shape[0], slots, rows_conversion.shape[1])
+            spread = spread.index_put(
+                (torch.arange(rows_conversion.shape[0], device=spread.device), constants["extra_slot"]),
+                rows_conversion,
             )
-            weights["extra_conversion"] = conversion[constants["extra_columns"]]  # [M_e, O]
+            weights["extra_conversion"] = spread.reshape(-1, rows_conversion.shape[1])  # [M_e·S_e, O]
         return weights
 
     def _fused_weights(self, constants: dict) -> dict[str, torch.Tensor]:
@@ -378,22 +415,25 @@ class TensorHeads(nn.Module):
         w = self._fused_weights(constants)
         plan = self._plan
         n = density.shape[0]
-        k_o = plan.num_coefficients * plan.num_outputs
-        vectors = density[:, 1:4, :] @ w["vectors"]  # [N, 3, Q] (rows y, z, x)
-        u = torch.cat([density.new_ones(n, 1), vectors.reshape(n, -1)], dim=1)  # [N, U]
+        n_basis = constants["basis_coefficients"].shape[0]
+        k_o = n_basis * plan.num_outputs
+        u = torch.addmm(constants["u_0"], density[:, 1:4].reshape(n, -1), w["u"])  # [N, U] = (1, P a-major)
         # every basis element (in output components, scaled) and the Gram invariants, from u_i u_j
-        pairs = (u[:, constants["pair_first"]] * u[:, constants["pair_second"]]) @ w["pairs"]
-        invariants = torch.cat([features[-1], pairs[:, k_o:]], dim=-1)
-        hidden = self._first_net()[1](F.linear(invariants, w["first_w"], w["first_b"]))
-        coefficients = F.linear(hidden, w["second_w"], w["second_b"])  # [N, K]
-        bases = pairs[:, :k_o].reshape(n, plan.num_coefficients, plan.num_outputs)
-        atomic = torch.bmm(coefficients.unsqueeze(1), bases).squeeze(1) + w["shift"]  # [N, O]
-        if "extra_w" in w:  # Σ_k α_k Σ_c U_ck A[c, m] = Σ_c (α @ U)_c A[c, m]
-            z = (coefficients[:, constants["extra_coefficients"]] @ w["extra_w"]).view(
-                n, len(plan.extra_keys), -1
-            )
-            extra = (density[:, constants["extra_rows"], :] * z[:, constants["extra_slot"], :]).sum(-1)
-            atomic = atomic + extra @ w["extra_conversion"]
+        pairs = torch.mm(u[:, constants["pair_first"]] * u[:, constants["pair_second"]], w["pairs"])
+        invariants = torch.cat([features[-1], pairs[:, k_o:]], dim=1)
+        hidden = F.silu(torch.addmm(w["first_b"], invariants, w["first_w"]))
+        coefficients = torch.addmm(w["second_b"], hidden, w["second_w"])  # [N, K_b + K_e]
+        constant = w["shift"]  # what multiplies no basis element: the shifts and the density elements
+        if "extra_w" in w:  # Σ_k α_k Σ_c U_ck A[c, m] = Σ_c z_c A[c, m], z = α @ U per slot
+            z = torch.mm(coefficients[:, n_basis:], w["extra_w"]).view(n, len(plan.extra_keys), -1)
+            span = plan.extra_row_range
+            rows = density[:, span[0] : span[1]] if span else density[:, constants["extra_rows"]]
+            per_slot = torch.bmm(rows, z.transpose(1, 2))  # [N, M_e, S_e]: every row against every slot
+            constant = torch.addmm(constant, per_slot.reshape(n, -1), w["extra_conversion"])
+        bases = pairs[:, :k_o].view(n, n_basis, plan.num_outputs)
+        atomic = torch.baddbmm(
+            constant.view(-1, 1, plan.num_outputs), coefficients[:, None, :n_basis], bases
+        ).squeeze(1)  # [N, O]
         summed = None
         out = {}
         for spec, (first, last, shape) in zip(self.specs, plan.outputs):
@@ -401,7 +441,11 @@ class TensorHeads(nn.Module):
                 value = atomic[:, first:last]
             else:
                 if summed is None:
-                    summed = atomic.new_zeros(num_graphs, atomic.shape[1]).index_add(0, batch, atomic)
+                    summed = (
+                        atomic.sum(0, keepdim=True)
+                        if num_graphs == 1
+                        else atomic.new_zeros(num_graphs, atomic.shape[1]).index_add(0, batch, atomic)
+                    )
                 value = summed[:, first:last]
             out[spec.name] = value.reshape(value.shape[0], *shape)
         return out

@@ -74,11 +74,39 @@ TENSORS = ("dipole", "polarizability", "born", "sph")
 def test_plan_exists_for_quadratic_bases_and_outputs_match():
     model = make_model().eval()
     assert model.tensor_heads._plan is not None
+    assert model.tensor_heads._plan.extra_row_range is None  # rows repeat across targets: the gather
     fused, blocks = both(model, molecules(), compute_forces=False)
     for name in TENSORS:
         assert fused[name].shape == blocks[name].shape
         torch.testing.assert_close(fused[name], blocks[name], rtol=1e-12, atol=1e-12)
     assert fused["born"].shape[0] == 18 and fused["polarizability"].shape == (2, 3, 3)
+
+
+@pytest.mark.parametrize("density_elements", [0, 4])
+def test_one_structure_and_no_density_elements_match(density_elements):
+    """One structure (a plain sum instead of the scatter) and heads without density elements."""
+    torch.manual_seed(1)
+    model = MLIPModel(
+        [1, 6, 8],
+        CUTOFF,
+        targets=[
+            {"name": "dipole", "kind": "vector", "key": "mu"},
+            {"name": "alpha", "kind": "rank2", "key": "a"},
+        ],
+        backbone=dict(channels=8, lmax=2, num_layers=1, num_radial=4, radial_hidden=8),
+        tensor=dict(num_vectors=4, hidden=8, density_elements=density_elements, shifts={"alpha": 0.7}),
+    ).double()
+    perturb_weights(model, 0.1)
+    model.eval()
+    assert model.tensor_heads._plan is not None
+    plan = model.tensor_heads._plan
+    assert bool(plan.extra_keys) == (density_elements > 0)
+    assert (plan.extra_row_range is not None) == (density_elements > 0)  # the slice, not the gather
+    one = Batch.from_data_list([molecules(3).get_example(0)])
+    fused, blocks = both(model, one, compute_forces=False)
+    for name in ("dipole", "alpha"):
+        assert fused[name].shape[0] == 1 and fused[name].abs().max() > 1e-3
+        torch.testing.assert_close(fused[name], blocks[name], rtol=1e-12, atol=1e-12)
 
 
 def test_training_gradients_match():
