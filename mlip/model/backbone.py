@@ -445,11 +445,7 @@ class ScalarBackbone(nn.Module):
         self.allow_padding = True
 
     def forward(
-        self,
-        species: torch.Tensor,
-        edge_index: torch.Tensor,
-        edge_vectors: torch.Tensor,
-        all_densities: bool = False,
+        self, species: torch.Tensor, edge_index: torch.Tensor, edge_vectors: torch.Tensor
     ) -> tuple[list[torch.Tensor], torch.Tensor]:
         """Per-layer invariant features and the last layer's density.
 
@@ -457,8 +453,6 @@ class ScalarBackbone(nn.Module):
             species: ``[N]`` species indices.
             edge_index: ``[2, E]`` (receiver i, neighbour j).
             edge_vectors: ``[E, 3]`` r_j − r_i (+ shift), Å.
-            all_densities: return every layer's density, concatenated along the channels
-                (``[N, (lmax+1)², T·C]``, first layer first) instead of the last one.
 
         Returns:
             ``([h_1, ..., h_T] each [N, C], density [N, (lmax+1)², C])``; the density's l-blocks are
@@ -474,7 +468,7 @@ class ScalarBackbone(nn.Module):
         if self.allow_padding:
             n_atoms = h.shape[0]
             layout = PaddedEdges.build(receivers, senders, n_atoms, edge_sh, edge_radial, envelope, self.lmax)
-        features, densities = [], []
+        features = []
         density = None
         for layer in self.layers:
             if layout is not None:
@@ -484,9 +478,6 @@ class ScalarBackbone(nn.Module):
                     h, edge_sh, edge_radial, receivers, senders, self.inv_avg_neighbours, envelope, density
                 )
             features.append(h)
-            densities.append(density)
         if density is None:
             density = h.new_zeros(h.shape[0], (self.lmax + 1) ** 2, self.channels)
-        elif all_densities:
-            density = torch.cat(densities, dim=-1)
         return features, density

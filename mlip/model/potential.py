@@ -108,7 +108,7 @@ class MLIPModel(nn.Module):
             "targets": targets,
             "backbone": backbone,
             "readout_hidden": readout_hidden,
-            "tensor": dict(tensor),
+            "tensor": tensor,
             "pair_repulsion": None if pair_repulsion is None else dict(pair_repulsion),
             "loss_scales": {str(k): [float(x) for x in v] for k, v in (loss_scales or {}).items()},
             "label_means": {str(k): [float(x) for x in v] for k, v in (label_means or {}).items()},
@@ -135,19 +135,11 @@ class MLIPModel(nn.Module):
             self.pair_repulsion = PairRepulsion(species, **pair_repulsion)
         tensor_specs = [s for s in self.target_specs if s.is_tensor]
         self.tensor_heads: nn.Module | None = None
-        # "all": the tensor heads' vectors and density elements come from every layer's density
-        self.tensor_all_densities = tensor.get("density_layers", "last") == "all"
-        head_options = {k: v for k, v in tensor.items() if k != "density_layers"}
         if tensor_specs:
             from mlip.model.tensor_heads import TensorHeads
 
-            density_channels = self.backbone.channels * (num_layers if self.tensor_all_densities else 1)
             self.tensor_heads = TensorHeads(
-                self.backbone.channels,
-                self.backbone.lmax,
-                tensor_specs,
-                density_channels=density_channels,
-                **head_options,
+                self.backbone.channels, self.backbone.lmax, tensor_specs, **tensor
             )
         # learned partial charges × positions added to molecular dipoles (``charges: true``)
         self.charge_dipoles = nn.ModuleDict()
@@ -247,8 +239,7 @@ class MLIPModel(nn.Module):
         edge_vectors = pos_strained[senders] - pos_strained[receivers] + shifts
 
         species = self.species_index(data.numbers)
-        all_densities = self.tensor_all_densities and self.tensor_heads is not None
-        features, density = self.backbone(species, data.edge_index, edge_vectors, all_densities)
+        features, density = self.backbone(species, data.edge_index, edge_vectors)
 
         out: dict[str, torch.Tensor] = {}
         if self.has_energy:

@@ -121,8 +121,6 @@ class TensorHeads(nn.Module):
         scales: target name → output scale (RMS of the per-atom label), so networks output O(1).
         shifts: target name → per-atom offset of the λ=0 (σ=+1) component (like E0s for energies).
         density_elements: K, contracted λ-densities added to each proper basis with 1 ≤ λ ≤ lmax.
-        density_channels: channels of the density the heads receive (default ``channels``; every
-            layer's density concatenated: ``num_layers × channels``).
     """
 
     def __init__(
@@ -135,15 +133,13 @@ class TensorHeads(nn.Module):
         scales: dict[str, float] | None = None,
         shifts: dict[str, float] | None = None,
         density_elements: int = 4,
-        density_channels: int | None = None,
     ) -> None:
         super().__init__()
         self.specs = list(specs)
         self.lmax = lmax
         self.num_vectors = num_vectors
-        density_channels = density_channels or channels
-        self.vector_projection = nn.Linear(density_channels, num_vectors, bias=False)
-        nn.init.normal_(self.vector_projection.weight, std=density_channels**-0.5)
+        self.vector_projection = nn.Linear(channels, num_vectors, bias=False)
+        nn.init.normal_(self.vector_projection.weight, std=channels**-0.5)
         blocks = sorted({irrep for spec in self.specs for irrep in spec.irreps})
         self.bases = nn.ModuleDict(
             {_key(lam, sig): LambdaBasis(lam, sig, num_vectors) for lam, sig in blocks}
@@ -151,8 +147,8 @@ class TensorHeads(nn.Module):
         self.density_projections = nn.ModuleDict()
         for lam, sig in blocks:
             if sig > 0 and 1 <= lam <= lmax and density_elements > 0:
-                proj = nn.Linear(density_channels, density_elements, bias=False)
-                nn.init.normal_(proj.weight, std=density_channels**-0.5)
+                proj = nn.Linear(channels, density_elements, bias=False)
+                nn.init.normal_(proj.weight, std=channels**-0.5)
                 self.density_projections[_key(lam, sig)] = proj
         n_gram = num_vectors * (num_vectors + 1) // 2
         upper = torch.triu_indices(num_vectors, num_vectors)  # the Gram matrix's upper triangle, flattened

@@ -49,7 +49,6 @@ class ModelConfig:
     readout_hidden: int = 64
     num_vectors: int = 4  # learned vectors per atom for tensor λ-bases
     tensor_hidden: int = 64
-    tensor_density_layers: str = "last"  # last | all: the layers whose densities give the tensor bases
     correlation: int = 2  # 2: power-spectrum invariants (3-body per layer); 3: + bispectrum (4-body)
     bispectrum_channels: int | None = None  # channels with bispectrum invariants (None: all)
     bond_channels: int = 0  # channels of the bond projections of the previous density (0 = off)
@@ -301,7 +300,6 @@ def _validate(cfg: Config, source: str) -> None:
         "training.scheduler": (cfg.training.scheduler, lambda v: v in ("plateau", "cosine", "none")),
         "training.loss_normalisation": (cfg.training.loss_normalisation, lambda v: v in ("scale", "none")),
         "logging.wandb_mode": (cfg.logging.wandb_mode, lambda v: v in ("online", "offline", "disabled")),
-        "model.tensor_density_layers": (cfg.model.tensor_density_layers, lambda v: v in ("last", "all")),
     }
     for key, (value, ok) in choices.items():
         if not ok(value):

@@ -93,7 +93,6 @@ def build_model(cfg: Config, stats: DatasetStatistics, specs: list[TargetSpec]) 
         tensor=dict(
             num_vectors=m.num_vectors,
             hidden=m.tensor_hidden,
-            density_layers=m.tensor_density_layers,
             scales=stats.tensor_scales,
             shifts=stats.tensor_shifts,
         ),

@@ -19,7 +19,7 @@ ALL_IRREPS = [[lam, sig] for lam in LAMS for sig in (1, -1)]
 CUTOFF = 4.0
 
 
-def make_model(lmax: int = 3, density_layers: str = "last", **backbone) -> MLIPModel:
+def make_model(lmax: int = 3, **backbone) -> MLIPModel:
     targets = [
         {"name": "energy", "kind": "energy", "key": "energy"},
         {"name": "dipole", "kind": "vector", "key": "mu", "irreps": [[1, 1]]},
@@ -42,20 +42,16 @@ def make_model(lmax: int = 3, density_layers: str = "last", **backbone) -> MLIPM
         CUTOFF,
         targets=targets,
         backbone=dict(channels=12, lmax=lmax, num_layers=2, num_radial=6, radial_hidden=12, **backbone),
-        tensor=dict(num_vectors=4, hidden=12, density_layers=density_layers),
+        tensor=dict(num_vectors=4, hidden=12),
     ).double()
     perturb_weights(model, 0.1)
     return model.eval()
 
 
-@pytest.fixture(scope="module", params=["power-spectrum", "bispectrum+bonds", "every layer's density"])
+@pytest.fixture(scope="module", params=["power-spectrum", "bispectrum+bonds"])
 def model(request) -> MLIPModel:
     if request.param == "bispectrum+bonds":
         return make_model(correlation=3, bond_channels=4)
-    if request.param == "every layer's density":
-        model = make_model(density_layers="all")
-        assert model.tensor_heads.vector_projection.in_features == 2 * 12  # two layers' channels
-        return model
     return make_model()
 
 
