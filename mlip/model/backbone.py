@@ -50,8 +50,10 @@ from mlip.model.spherical import clebsch_gordan, spherical_harmonics
 class NormalisedSiLU(nn.Module):
     """SiLU scaled to unit second moment for unit-normal inputs (keeps activations O(1) with depth)."""
 
+    factor = 1.6790  # 1 / sqrt(E[silu(x)²]) for x ~ N(0, 1)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.nn.functional.silu(x) * 1.6790
+        return torch.nn.functional.silu(x) * self.factor
 
 
 def mlp(sizes: list[int], bias_last: bool = True) -> nn.Sequential:

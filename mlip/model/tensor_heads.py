@@ -42,7 +42,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mlip.model.backbone import mlp
+from mlip.model.backbone import NormalisedSiLU, mlp
 from mlip.model.cartesian import spherical_to_rank2, spherical_to_vector
 from mlip.model.tensor_basis import LambdaBasis
 from mlip.targets import TargetSpec
@@ -70,7 +70,7 @@ class FusedPlan:
 
     Attributes:
         pair_first, pair_second: ``[P]`` the products ``u_i u_j`` (i ≤ j) that any basis element or Gram
-            invariant uses (P ≤ U(U+1)/2), and (0, 0) first; ``w = u[pair_first] · u[pair_second]``.
+            invariant uses (P ≤ U(U+1)/2); ``w = u[pair_first] · u[pair_second]``.
         quadratic: ``[P, K, M]``: basis element k, spherical component m is ``w @ quadratic[:, k, m]``
             (zero outside the element's own slot).
         gram: ``[P, Q(Q+1)/2]``: the Gram invariants ``v_p · v_q`` (p ≤ q) are ``w @ gram``.
@@ -229,8 +229,8 @@ class TensorHeads(nn.Module):
         for net in self.coefficients.values():
             if not (len(net) == 3 and isinstance(net[0], nn.Linear) and isinstance(net[2], nn.Linear)):
                 return None
-            if net[0].bias is None or net[2].bias is None or type(net[1]) is not type(self._first_net()[1]):
-                return None
+            if net[0].bias is None or net[2].bias is None or type(net[1]) is not NormalisedSiLU:
+                return None  # the fused path folds this activation's factor into the second layer
         slots = []  # (basis key, first coefficient, first column, λ) of each (target, block)
         k_total = m_total = o_total = 0
         conversions, outputs = [], []
@@ -313,9 +313,6 @@ class TensorHeads(nn.Module):
             num_outputs=o_total,
         )
 
-    def _first_net(self) -> nn.Sequential:
-        return next(iter(self.coefficients.values()))
-
     # ------------------------------------------------------------------ fused evaluation: per call
     def _plan_constants(self, dtype: torch.dtype, device: torch.device) -> dict:
         """The plan's tensors in ``dtype`` on ``device`` (made once per dtype and device)."""
@@ -353,9 +350,7 @@ class TensorHeads(nn.Module):
         channels = self.vector_projection.weight.shape[1]
         vectors = torch.block_diag(*[self.vector_projection.weight / 3**0.5] * 3)  # [3Q, 3C], rows a-major
         order = torch.cat([basis, extra])
-        second_w = (
-            torch.block_diag(*[net[2].weight for net in nets])[order] * 1.6790
-        )  # NormalisedSiLU's factor
+        second_w = torch.block_diag(*[net[2].weight for net in nets])[order] * NormalisedSiLU.factor
         weights = {
             "u": torch.cat([vectors.new_zeros(1, 3 * channels), vectors]).t(),  # [3C, U]
             "pairs": torch.cat([bases_w, constants["gram"]], dim=1),  # [P, K_b·O + Q(Q+1)/2]
