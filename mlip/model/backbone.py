@@ -274,7 +274,7 @@ class InteractionLayer(nn.Module):
     Args:
         channels: feature width C.
         lmax: highest l of the density.
-        num_radial: radial basis functions.
+        num_radial: radial inputs per edge (Bessel functions, plus element-pair embeddings if any).
         radial_hidden: width of the radial MLP.
         correlation: 2 (power spectrum) or 3 (+ bispectrum invariants).
         bispectrum_channels: channels that get the bispectrum (None: all).
@@ -400,6 +400,9 @@ class ScalarBackbone(nn.Module):
             bispectrum (four-body per layer).
         bond_channels: channels of the bond projections fed to layers ≥ 2 (0 = off).
         bispectrum_channels: channels with bispectrum invariants (None: all).
+        radial_species: width of learned element embeddings of the receiving and of the sending
+            atom, appended to every layer's radial-MLP input, so that R(r) can differ between
+            element pairs (C–O vs O–H) rather than only through the sender's channels (0 = off).
 
     Attribute ``allow_padding`` (default True) lets :meth:`forward` take the padded path where it
     wastes little; False always takes the scatter path (what :mod:`mlip.model.export` uses).
@@ -420,6 +423,7 @@ class ScalarBackbone(nn.Module):
         bispectrum_channels: int | None = None,
         linear_update: bool = False,
         update_mlp: bool = True,
+        radial_species: int = 0,
     ) -> None:
         super().__init__()
         self.lmax = lmax
@@ -427,11 +431,15 @@ class ScalarBackbone(nn.Module):
         self.embedding = nn.Embedding(num_species, channels)
         self.radial_basis = BesselBasis(cutoff, num_radial)
         self.envelope = PolynomialEnvelope(cutoff)
+        # element pair → radial input: [Bessel(r)·u(r), e_recv(z_i), e_send(z_j)] (unit-normal start)
+        self.radial_species: nn.ModuleList | None = None
+        if radial_species > 0:
+            self.radial_species = nn.ModuleList(nn.Embedding(num_species, radial_species) for _ in range(2))
         self.layers = nn.ModuleList(
             InteractionLayer(
                 channels,
                 lmax,
-                num_radial,
+                num_radial + 2 * radial_species,
                 radial_hidden,
                 correlation,
                 bond_channels if t > 0 else 0,
@@ -465,6 +473,11 @@ class ScalarBackbone(nn.Module):
         edge_sh = spherical_harmonics(edge_vectors / lengths.unsqueeze(-1), self.lmax)
         envelope = self.envelope(lengths)
         edge_radial = self.radial_basis(lengths) * envelope.unsqueeze(-1)
+        if self.radial_species is not None:
+            receiver_embedding, sender_embedding = self.radial_species
+            edge_radial = torch.cat(
+                [edge_radial, receiver_embedding(species[receivers]), sender_embedding(species[senders])], -1
+            )
         h = self.embedding(species)
         layout = None
         if self.allow_padding:

@@ -55,6 +55,7 @@ class ModelConfig:
     pair_repulsion: bool = False  # + a learned short-range pair repulsion (mlip.model.pair)
     linear_update: bool = False  # + a linear path next to each layer's update MLP
     update_mlp: bool = True  # False: each layer's update is linear in [h, invariants] (experimental)
+    radial_species: int = 0  # > 0: element-pair radial functions (receiver/sender embeddings of this width)
 
 
 @dataclass

@@ -87,6 +87,7 @@ def build_model(cfg: Config, stats: DatasetStatistics, specs: list[TargetSpec]) 
             bispectrum_channels=m.bispectrum_channels,
             linear_update=m.linear_update,
             update_mlp=m.update_mlp,
+            radial_species=m.radial_species,
         ),
         readout_hidden=m.readout_hidden,
         pair_repulsion={} if m.pair_repulsion else None,

@@ -1,6 +1,6 @@
 """Unit tests of the backbone's building blocks: the bispectrum (four-body) invariants and the
-bond projections, checked directly on random densities and edges (float64), and loading of model
-files written before these blocks existed."""
+bond projections, checked directly on random densities and edges (float64), the element-pair radial
+inputs, and loading of model files written before these blocks existed."""
 
 from __future__ import annotations
 
@@ -109,6 +109,23 @@ def test_bond_projection_is_invariant():
     for rot in _random_o3(4):
         rotated = project(_rotate_density(density, rot, lmax), vectors @ torch.as_tensor(rot).T)
         assert (rotated - reference).abs().max() <= REL * reference.abs().max()
+
+
+def test_element_pair_radial_functions_see_the_receiving_element():
+    """With ``radial_species`` an O–H pair's radial weights differ from an H–O pair's at the same
+    distance: the density at the receiver depends on the receiver's element, not only the sender's."""
+    torch.manual_seed(5)
+    model = MLIPModel([1, 8], cutoff=4.0, backbone=dict(channels=4, lmax=1, num_layers=1, radial_species=2))
+    backbone = model.backbone
+    edge_index = torch.tensor([[0, 1], [1, 0]])  # receiver 0 (O) ← 1 (H) and receiver 1 (H) ← 0 (O)
+    vectors = torch.tensor([[1.0, 0.0, 0.0], [-1.0, 0.0, 0.0]])
+    _, density = backbone(torch.tensor([1, 0]), edge_index, vectors)
+    assert backbone.layers[0].radial[0].in_features == 8 + 2 * 2
+    # swapping the receiver embeddings of O and H changes O's density (the sender, H, is unchanged)
+    with torch.no_grad():
+        backbone.radial_species[0].weight[:] = backbone.radial_species[0].weight.flip(0).clone()
+    _, swapped = backbone(torch.tensor([1, 0]), edge_index, vectors)
+    assert (swapped[0] - density[0]).abs().max() > 1e-3
 
 
 def test_model_files_from_before_the_invariants_module_load():

@@ -51,7 +51,14 @@ def _model() -> MLIPModel:
         [1, 6, 8],
         cutoff=2.6,
         backbone=dict(
-            channels=8, num_layers=2, lmax=3, num_radial=4, radial_hidden=8, avg_num_neighbours=6.0
+            channels=8,
+            num_layers=2,
+            lmax=3,
+            num_radial=4,
+            radial_hidden=8,
+            avg_num_neighbours=6.0,
+            bond_channels=2,
+            radial_species=2,
         ),
         readout_hidden=8,
     ).double()

@@ -56,6 +56,7 @@ def _model() -> MLIPModel:
             correlation=3,
             bond_channels=4,
             linear_update=True,
+            radial_species=3,
         ),
         readout_hidden=8,
         pair_repulsion={},
