@@ -7,6 +7,10 @@ Each layer t, for every atom i:
 
        A_i[c, lm] = 1/⟨n⟩ · Σ_j R^t_{l c}(r_ij, s_ij) · (W h_j)[c] · Y_lm(r̂_ij)
 
+   With ``model.radial_species`` the radial MLP also sees learned embeddings of both elements,
+   ``R^t_{l c}(r_ij, z_i, z_j, s_ij)``: one radial function per element pair rather than per sender
+   channel only (the receiver's element otherwise enters only after the contraction, in step 3).
+
    From the second layer on, the radial weights may also see *bond projections* of the
    neighbour's previous density, ``s_ij[c', l] = Σ_m (A_j P_l)[c', lm] · Y_lm(r̂_ij)`` (l ≥ 1;
    ``model.bond_channels`` channels c'): how j's environment is oriented relative to the bond

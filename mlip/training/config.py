@@ -394,6 +394,7 @@ _RANGES: dict[str, tuple[float, bool, float | None]] = {
     "model.correlation": (2, True, 3),
     "model.bispectrum_channels": (1, True, None),
     "model.bond_channels": (0, True, None),
+    "model.radial_species": (0, True, None),
     "training.batch_size": (1, True, None),
     "training.valid_batch_size": (1, True, None),
     "training.max_epochs": (1, True, None),

@@ -58,6 +58,7 @@ def test_example_config_loads_with_overrides():
         ({**BASE, "model": {"lmax": -1}}, "'model.lmax' must be ≥ 0 and ≤ 8 (got -1)"),
         ({**BASE, "model": {"num_radial": 0}}, "'model.num_radial' must be ≥ 1"),
         ({**BASE, "model": {"readout_hidden": 0}}, "'model.readout_hidden' must be ≥ 1"),
+        ({**BASE, "model": {"radial_species": -2}}, "'model.radial_species' must be ≥ 0"),
         (
             {**BASE, "model": {"lmax": 0}, "targets": {"energy": {}, "mu": {"type": "vector"}}},
             "'model.lmax' must be ≥ 1 with tensor targets (mu)",
