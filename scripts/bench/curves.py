@@ -352,12 +352,28 @@ WORKER_CODE = {"mlip": "mlip", "mace": "mace", "metatrain": "metatrain", "pet": 
 
 
 def load_runs(results: str) -> list[dict]:
-    """All run JSONs with status ok under ``<results>/curves``."""
+    """All run JSONs with status ok under ``<results>/curves``.
+
+    Seeds of one row (task, code, size label, budget) must share one architecture: a shipped config
+    that changed between sittings would otherwise be averaged with its old self under one label.
+    """
     runs = []
+    models: dict[tuple, tuple[str, dict]] = {}
     for path in sorted(glob.glob(os.path.join(results, "curves", "*.json"))):
         r = read_json(path)
-        if r.get("status") == "ok":
-            runs.append(r)
+        if r.get("status") != "ok":
+            continue
+        model = (r.get("worker", {}).get("config") or {}).get("model")
+        key = (r["task"], r["code"], r["size"], r["budget_min"])
+        if isinstance(model, dict):
+            first = models.setdefault(key, (os.path.basename(path), model))
+            if first[1] != model:
+                raise SystemExit(
+                    f"run.py: {os.path.basename(path)} and {first[0]} share the row label "
+                    f"{r['code']} ({r['size']}) but not the model settings; rerun one under its own "
+                    "--mlip-variant"
+                )
+        runs.append(r)
     return runs
 
 

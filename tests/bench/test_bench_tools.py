@@ -81,6 +81,29 @@ def test_variant_runs_are_named_and_a_custom_setup_must_be_named():
         check_variants(SimpleNamespace(mace_weights="recipe", mlip_weights="config", mlip_variant=None))
 
 
+def test_seeds_of_one_row_must_share_the_model_settings(tmp_path):
+    """A shipped config that changed between sittings cannot be averaged with its old self."""
+    import json
+
+    from curves import load_runs
+
+    (tmp_path / "curves").mkdir()
+
+    def write(seed: int, radial_species: int) -> None:
+        record = {
+            "status": "ok", "task": "acac", "code": "mlip", "size": "medium+w10", "budget_min": 10.0,
+            "worker": {"config": {"model": {"channels": 64, "radial_species": radial_species}}},
+        }  # fmt: skip
+        (tmp_path / "curves" / f"acac__mlip-medium+w10__10min__s{seed}.json").write_text(json.dumps(record))
+
+    write(0, 0)
+    write(1, 0)
+    assert len(load_runs(str(tmp_path))) == 2
+    write(2, 8)
+    with pytest.raises(SystemExit, match=r"s2.json and .*s0.json share the row label mlip \(medium\+w10\)"):
+        load_runs(str(tmp_path))
+
+
 def test_report_rebuild_keeps_hand_written_sections_unchanged(tmp_path):
     """Rebuilding BENCHMARKS.md twice gives the same file: hand-written sections and notes are kept
     verbatim (an earlier version added a blank line to every hand-written section on each rebuild)."""
