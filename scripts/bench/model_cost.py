@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import sys
 
@@ -24,7 +23,7 @@ import numpy as np
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
-from run import Worker, rotate  # noqa: E402
+from run import Worker, interleaved, ratios  # noqa: E402
 
 
 def main() -> int:
@@ -46,31 +45,25 @@ def main() -> int:
             atoms[name] = workers[name].call("setup", kind="molecules", n=args.batch, data_path=args.data)[
                 "n_atoms"
             ]
-        calls = {
-            k: max(1, min(50, math.ceil(args.round_seconds / min(w.call("run", mode="model", n_calls=1)))))
-            for k, w in workers.items()
-        }
-        per_round: dict[str, list[float]] = {k: [] for k in workers}
-        for r in range(args.rounds):
-            for k in rotate(list(workers), r):
-                per_round[k].append(float(np.median(workers[k].call("run", mode="model", n_calls=calls[k]))))
+        per_round = interleaved(workers, "run", args.rounds, args.round_seconds, mode="model")["per_round_s"]
     finally:
         for w in workers.values():
             w.close()
     first = next(iter(models))
+    relative = ratios(per_round, ref=first)
     out = {}
     for k, times in per_round.items():
-        ratios = np.array(times) / np.array(per_round[first])
+        ratio = relative.get(k, {"median": 1.0, "min": 1.0, "max": 1.0})
         out[k] = {
             "model_path": models[k],
             "n_atoms": atoms[k],
             "us_per_atom": 1e6 * float(np.median(times)) / atoms[k],
-            "ratio_to_first": float(np.median(ratios)),
-            "ratio_range": [float(ratios.min()), float(ratios.max())],
+            "ratio_to_first": ratio["median"],
+            "ratio_range": [ratio["min"], ratio["max"]],
         }
         print(
-            f"{k}: {out[k]['us_per_atom']:.1f} µs/atom, ×{out[k]['ratio_to_first']:.3f} of {first} "
-            f"(per round {ratios.min():.3f}–{ratios.max():.3f})"
+            f"{k}: {out[k]['us_per_atom']:.1f} µs/atom, ×{ratio['median']:.3f} of {first} "
+            f"(per round {ratio['min']:.3f}–{ratio['max']:.3f})"
         )
     if args.json:
         with open(args.json, "w") as handle:
