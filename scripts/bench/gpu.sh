@@ -17,7 +17,8 @@
 #    for CURVE_MIN minutes (the same run.py curves runs as on the CPU, --device cuda), test errors at
 #    snapshots. An arm is CODE:SIZE:VARIANT:OVERRIDES, e.g. mlip:medium:w10bs32:training.batch_size=32
 #    (mlip arms: configs/accurate.yaml's own loss weights plus the overrides, comma-separated); the
-#    default "mlip:medium:w10: mace:large::" is both codes' section-1 set-up (MACE: its recipe).
+#    default "mlip:medium:w10rs8: mace:large::" is both codes' section-1 set-up (MACE: its recipe;
+#    "w10rs8" names accurate.yaml with its element-pair radial functions, as section 1's rows do).
 #
 # A GPU image usually has torch (and torch-geometric) but not ase, matscipy or mace-torch, and often
 # no internet. Prepare here, with internet, then carry .whl and .gpu-bench to the GPU machine:
@@ -75,7 +76,7 @@ CURVE_MARKS=${CURVE_MARKS:-1,2,4,6}
 CURVE_THREADS=${CURVE_THREADS:-4}
 CURVE_SEED=${CURVE_SEED:-0}
 # step 6's arms, CODE:SIZE:VARIANT:OVERRIDE,OVERRIDE (mlip: configs/accurate.yaml's weights + overrides)
-CURVE_ARMS=${CURVE_ARMS:-mlip:medium:w10: mace:large::}
+CURVE_ARMS=${CURVE_ARMS:-mlip:medium:w10rs8: mace:large::}
 STEPS=${STEPS:-device cuda_vs_cpu inference train_ethanol}
 DEADLINE_S=${DEADLINE_S:-570}
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 
@@ -123,3 +124,33 @@ def test_report_rebuild_keeps_hand_written_sections_unchanged(tmp_path):
     assert path.read_text() == first
     assert "A note kept by hand." in first
     assert "## A hand-written section\n\nIts text, kept.\n\n| a | b |" in first
+
+
+def test_gpu_curve_plot_draws_one_colour_per_arm_and_skips_other_json(tmp_path, monkeypatch):
+    import matplotlib.axes
+    import plot_gpu_curves
+
+    def run(code: str, size: str, seed: int, rmse: float) -> dict:
+        errors = {test: {"forces": {"rmse": rmse}} for test in ("test", "test_600K")}
+        snapshots = [{"train_s": 60.0 * minutes, "errors": errors} for minutes in (1, 2)]
+        return {"code": code, "size": size, "seed": seed, "snapshots": snapshots}
+
+    arms = [("mlip", "medium+w10rs8"), ("mlip", "medium+w10"), ("mace", "large")]
+    for i, (code, size) in enumerate(arms):
+        for seed in (0, 1):
+            (tmp_path / f"{code}-{size}-{seed}.json").write_text(json.dumps(run(code, size, seed, 20.0 + i)))
+    (tmp_path / "ood_diagnosis_600K.json").write_text(json.dumps({"runs": []}))  # not a run: skipped
+    drawn: list[dict] = []
+    plot = matplotlib.axes.Axes.plot
+
+    def recording_plot(ax, *args, **kwargs):
+        drawn.append(kwargs)
+        return plot(ax, *args, **kwargs)
+
+    monkeypatch.setattr(matplotlib.axes.Axes, "plot", recording_plot)
+    assert plot_gpu_curves.main([str(tmp_path), "-o", str(tmp_path / "curves.png")]) == 0
+    assert (tmp_path / "curves.png").stat().st_size > 0
+    assert len(drawn) == 2 * 6  # two panels (test sets), six runs
+    colours = {line["label"].rsplit(",", 1)[0]: line["color"] for line in drawn}
+    assert set(colours) == {"mlip medium+w10rs8", "mlip medium+w10", "MACE large"}
+    assert len(set(colours.values())) == 3
