@@ -84,7 +84,6 @@ def test_variant_runs_are_named_and_a_custom_setup_must_be_named():
 
 def test_seeds_of_one_row_must_share_the_model_settings(tmp_path):
     """A shipped config that changed between sittings cannot be averaged with its old self."""
-    import json
 
     from curves import load_runs
 
