@@ -286,7 +286,7 @@ def _model_paths(task: str, budget: float, sizes: dict[str, list[str]], args) ->
 
 def time_pareto(task: str, budget: float, sizes: dict[str, list[str]], args) -> dict:
     """Energy + forces cost of every (code, size) model, interleaved rounds, µs/atom."""
-    from run import Worker, python_for, rotate
+    from run import Worker, interleaved, python_for
 
     models = _model_paths(task, budget, sizes, args)
     split = read_json(os.path.join(args.work_dir, "data", "splits.json"))["tasks"][task]
@@ -301,20 +301,8 @@ def time_pareto(task: str, budget: float, sizes: dict[str, list[str]], args) -> 
             workers[key] = w
             w.call("load", model_path=path, device=args.device, dtype="float32")
             setup[key] = w.call("setup", kind=kind, n=n, data_path=split["test"])
-        keys = list(workers)
-        calls = {
-            k: max(
-                1,
-                min(50, math.ceil(args.round_seconds / min(workers[k].call("run", mode="model", n_calls=1)))),
-            )
-            for k in keys
-        }
-        per_round: dict[str, list[float]] = {k: [] for k in keys}
-        for r in range(args.rounds):
-            for k in rotate(keys, r):
-                times = workers[k].call("run", mode="model", n_calls=calls[k])
-                per_round[k].append(float(np.median(times)))
-            log(f"pareto timing round {r + 1}/{args.rounds}")
+        log(f"pareto timing: {len(workers)} models, {args.rounds} interleaved rounds")
+        per_round = interleaved(workers, "run", args.rounds, args.round_seconds, mode="model")["per_round_s"]
     finally:
         for w in workers.values():
             w.close()
