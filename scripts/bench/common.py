@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import signal
 import sys
 import time
 import traceback
@@ -23,6 +24,19 @@ from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
+
+# ----------------------------------------------------------------------------- processes
+
+
+def exit_on_sigterm() -> None:
+    """Make SIGTERM (``kill``, ``pkill``, ``timeout``) raise SystemExit in this process.
+
+    A benchmark driver or worker waits on a training process through ``subprocess.run``, which kills
+    its child on any exception; by default SIGTERM ends the waiting process without one, and its
+    child trains on as an orphan, sharing the CPU with whatever is timed next.
+    """
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+
 
 # ----------------------------------------------------------------------------- threads
 

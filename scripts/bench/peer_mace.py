@@ -37,6 +37,7 @@ from common import (  # noqa: E402
     e0s_of,
     ethanol_cluster,
     ethanol_frames,
+    exit_on_sigterm,
     machine_info,
     package_versions,
     parse_marks,
@@ -503,6 +504,7 @@ class Worker:
 
 
 def main() -> None:
+    exit_on_sigterm()  # a terminated run takes its training process with it
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
     t = sub.add_parser("train")

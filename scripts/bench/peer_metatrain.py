@@ -42,6 +42,7 @@ from common import (  # noqa: E402
     diamond,
     ethanol_cluster,
     ethanol_frames,
+    exit_on_sigterm,
     machine_info,
     package_versions,
     parse_marks,
@@ -506,6 +507,7 @@ class Worker:
 
 
 def main() -> None:
+    exit_on_sigterm()  # a terminated run takes its training process with it
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
     t = sub.add_parser("train")

@@ -33,7 +33,7 @@ REPO = os.path.dirname(os.path.dirname(HERE))
 sys.path.insert(0, HERE)
 
 import numpy as np  # noqa: E402
-from common import machine_info, read_json, write_json  # noqa: E402
+from common import exit_on_sigterm, machine_info, read_json, write_json  # noqa: E402
 
 SCRIPTS = {
     "mlip": os.path.join(HERE, "worker_mlip.py"),
@@ -558,6 +558,7 @@ def run_one(name: str, args) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    exit_on_sigterm()  # a terminated run takes its training process with it
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("benchmark", choices=["curves", "pareto", *BENCHES, "all", "report"])
     p.add_argument(

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
 import sys
 import time
 
@@ -153,3 +156,32 @@ def test_gpu_curve_plot_draws_one_colour_per_arm_and_skips_other_json(tmp_path, 
     colours = {line["label"].rsplit(",", 1)[0]: line["color"] for line in drawn}
     assert set(colours) == {"mlip medium+w10rs8", "mlip medium+w10", "MACE large"}
     assert len(set(colours.values())) == 3
+
+
+@pytest.mark.parametrize("handled", [True, False])
+def test_a_terminated_benchmark_process_takes_its_training_child_with_it(tmp_path, handled):
+    """With ``exit_on_sigterm`` a SIGTERM to a driver/worker ends the child it waits on; without it
+    (the control) the child runs on as an orphan."""
+    pid_file = tmp_path / "child.pid"
+    child = f"import os, time; open({str(pid_file)!r}, 'w').write(str(os.getpid())); time.sleep(60)"
+    parent = (
+        f"import subprocess, sys; sys.path.insert(0, {str(ROOT / 'scripts' / 'bench')!r}); "
+        f"from common import exit_on_sigterm; {'exit_on_sigterm(); ' if handled else ''}"
+        f"subprocess.run([sys.executable, '-c', {child!r}])"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", parent])
+    deadline = time.monotonic() + 60
+    while not (pid_file.exists() and pid_file.read_text()):
+        assert time.monotonic() < deadline and proc.poll() is None
+        time.sleep(0.05)
+    child_pid = int(pid_file.read_text())
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=30) == (128 + signal.SIGTERM if handled else -signal.SIGTERM)
+    try:
+        os.kill(child_pid, 0)
+        orphan = True
+    except ProcessLookupError:
+        orphan = False
+    if orphan:
+        os.kill(child_pid, signal.SIGKILL)
+    assert orphan is not handled
