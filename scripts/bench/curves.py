@@ -342,24 +342,26 @@ WORKER_CODE = {"mlip": "mlip", "mace": "mace", "metatrain": "metatrain", "pet": 
 def load_runs(results: str) -> list[dict]:
     """All run JSONs with status ok under ``<results>/curves``.
 
-    Seeds of one row (task, code, size label, budget) must share one architecture: a shipped config
-    that changed between sittings would otherwise be averaged with its old self under one label.
+    Seeds of one row (task, code, size label, budget) must share one architecture and one host CPU:
+    a shipped config that changed between sittings would otherwise be averaged with its old self
+    under one label, and a wall-clock budget buys twice the epochs on a host twice as fast.
     """
     runs = []
-    models: dict[tuple, tuple[str, dict]] = {}
+    models: dict[tuple, tuple[str, dict]] = {}  # row → (first file, its set-up)
     for path in sorted(glob.glob(os.path.join(results, "curves", "*.json"))):
         r = read_json(path)
         if r.get("status") != "ok":
             continue
         model = (r.get("worker", {}).get("config") or {}).get("model")
         key = (r["task"], r["code"], r["size"], r["budget_min"])
-        if isinstance(model, dict):
-            first = models.setdefault(key, (os.path.basename(path), model))
-            if first[1] != model:
+        setup = {"model settings": model, "host CPU": r.get("machine", {}).get("cpu_model")}
+        first = models.setdefault(key, (os.path.basename(path), setup))
+        for what in setup:
+            if first[1][what] != setup[what] and (what == "host CPU" or isinstance(model, dict)):
                 raise SystemExit(
                     f"run.py: {os.path.basename(path)} and {first[0]} share the row label "
-                    f"{r['code']} ({r['size']}) but not the model settings; rerun one under its own "
-                    "--mlip-variant"
+                    f"{r['code']} ({r['size']}) but not the {what}; keep one in another results folder "
+                    "or rerun it under its own --mlip-variant"
                 )
         runs.append(r)
     return runs

@@ -261,6 +261,17 @@ def _versions(results: dict) -> list[str]:
     return [f"{k} {v}" for k, v in sorted(seen.items())]
 
 
+def _cpus_by_section(results: dict, campaign: dict) -> str:
+    """The CPU model(s) the figures come from and the sections each holds, e.g. "AMD EPYC (sections
+    2, 3, 4, 5), Intel Xeon (sections 1, 6)": runs of different sittings may land on different hosts."""
+    cpus: dict[str, set[str]] = {k: set(v) for k, v in campaign.get("cpu_sections", {}).items()}
+    for name, result in results.items():
+        cpus.setdefault(result["machine"].get("cpu_model", "?"), set()).add(SECTIONS[name][3])
+    if len(cpus) == 1:
+        return next(iter(cpus))
+    return ", ".join(f"{cpu} (sections {', '.join(sorted(where))})" for cpu, where in sorted(cpus.items()))
+
+
 def write_benchmarks_md(results_dir: str, path: str) -> None:
     results = {}
     for name in SECTIONS:
@@ -276,7 +287,7 @@ def write_benchmarks_md(results_dir: str, path: str) -> None:
     out = [
         "# Benchmarks: mlip vs MACE vs metatrain (SOAP-BPNN, PET)",
         "",
-        f"Date: {', '.join(dates) or '–'}. Machine: {machine.get('cpu_model', '?')}, "
+        f"Date: {', '.join(dates) or '–'}. Machine: {_cpus_by_section(results, campaign)}, "
         f"{machine.get('affinity', '?')} cores available to the run, shared with other jobs (timings are "
         "noisy: repeats are interleaved across "
         f"codes and ratios are taken within a round), {machine.get('mem_total_gib', '?')} GiB RAM; "
@@ -583,6 +594,12 @@ def campaign_sections(results_dir: str, md_dir: str) -> dict:
     if parts:
         out["pareto"] = "\n\n".join(parts)
     out["machine"] = runs[0]["machine"]
+    cpus: dict[str, set[str]] = {}
+    for run in runs:
+        cpus.setdefault(run["machine"].get("cpu_model", "?"), set()).add("1")
+    for path in glob.glob(os.path.join(results_dir, "pareto_*.json")):
+        cpus.setdefault(read_json(path)["machine"].get("cpu_model", "?"), set()).add("6")
+    out["cpu_sections"] = cpus
     out["dates"] = sorted({r["date"] for r in runs})
     out["version_sources"] = {
         "curves": {"versions": {f"{r['code']}{i}": r["worker"]["versions"] for i, r in enumerate(runs)}}

@@ -85,17 +85,18 @@ def test_variant_runs_are_named_and_a_custom_setup_must_be_named():
         check_variants(SimpleNamespace(mace_weights="recipe", mlip_weights="config", mlip_variant=None))
 
 
-def test_seeds_of_one_row_must_share_the_model_settings(tmp_path):
-    """A shipped config that changed between sittings cannot be averaged with its old self."""
-
+def test_seeds_of_one_row_must_share_the_model_settings_and_the_host(tmp_path):
+    """A shipped config that changed between sittings cannot be averaged with its old self, nor a
+    run on a faster host (more epochs in the same wall-clock budget) with runs on a slower one."""
     from curves import load_runs
 
     (tmp_path / "curves").mkdir()
 
-    def write(seed: int, radial_species: int) -> None:
+    def write(seed: int, radial_species: int, cpu: str = "Intel Xeon") -> None:
         record = {
             "status": "ok", "task": "acac", "code": "mlip", "size": "medium+w10", "budget_min": 10.0,
             "worker": {"config": {"model": {"channels": 64, "radial_species": radial_species}}},
+            "machine": {"cpu_model": cpu},
         }  # fmt: skip
         (tmp_path / "curves" / f"acac__mlip-medium+w10__10min__s{seed}.json").write_text(json.dumps(record))
 
@@ -103,7 +104,12 @@ def test_seeds_of_one_row_must_share_the_model_settings(tmp_path):
     write(1, 0)
     assert len(load_runs(str(tmp_path))) == 2
     write(2, 8)
-    with pytest.raises(SystemExit, match=r"s2.json and .*s0.json share the row label mlip \(medium\+w10\)"):
+    with pytest.raises(
+        SystemExit, match=r"s2.json and .*s0.json share the row label mlip \(medium\+w10\) but not the model"
+    ):
+        load_runs(str(tmp_path))
+    write(2, 0, cpu="AMD EPYC")
+    with pytest.raises(SystemExit, match=r"s2.json and .*s0.json share .* but not the host CPU"):
         load_runs(str(tmp_path))
 
 
@@ -126,6 +132,16 @@ def test_report_rebuild_keeps_hand_written_sections_unchanged(tmp_path):
     assert path.read_text() == first
     assert "A note kept by hand." in first
     assert "## A hand-written section\n\nIts text, kept.\n\n| a | b |" in first
+
+
+def test_report_header_names_the_cpu_of_each_section():
+    """Sections measured in different sittings may come from different hosts; the header says which."""
+    from report import _cpus_by_section
+
+    results = {name: {"machine": {"cpu_model": "AMD EPYC"}} for name in ("inference", "md")}
+    campaign = {"cpu_sections": {"Intel Xeon": {"1", "6"}}}
+    assert _cpus_by_section(results, campaign) == "AMD EPYC (sections 2, 3), Intel Xeon (sections 1, 6)"
+    assert _cpus_by_section(results, {}) == "AMD EPYC"  # one host: named once
 
 
 def test_gpu_curve_plot_draws_one_colour_per_arm_and_skips_other_json(tmp_path, monkeypatch):
