@@ -347,7 +347,7 @@ def load_runs(results: str) -> list[dict]:
     under one label, and a wall-clock budget buys twice the epochs on a host twice as fast.
     """
     runs = []
-    models: dict[tuple, tuple[str, dict]] = {}  # row → (first file, its set-up)
+    rows: dict[tuple, tuple[str, dict]] = {}  # row → (its first file, that run's set-up)
     for path in sorted(glob.glob(os.path.join(results, "curves", "*.json"))):
         r = read_json(path)
         if r.get("status") != "ok":
@@ -355,7 +355,7 @@ def load_runs(results: str) -> list[dict]:
         model = (r.get("worker", {}).get("config") or {}).get("model")
         key = (r["task"], r["code"], r["size"], r["budget_min"])
         setup = {"model settings": model, "host CPU": r.get("machine", {}).get("cpu_model")}
-        first = models.setdefault(key, (os.path.basename(path), setup))
+        first = rows.setdefault(key, (os.path.basename(path), setup))
         for what in setup:
             if first[1][what] != setup[what] and (what == "host CPU" or isinstance(model, dict)):
                 raise SystemExit(
