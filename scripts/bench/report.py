@@ -585,20 +585,19 @@ def campaign_sections(results_dir: str, md_dir: str) -> dict:
     out["curves"] = md_curves(runs, plots, md_dir, failed)
     with open(os.path.join(results_dir, "curves.md"), "w") as handle:
         handle.write(f"# {SECTIONS['curves'][3:]}\n\n{md_curves(runs, plots, results_dir, failed)}\n")
+    cpus: dict[str, set[str]] = {}  # CPU model → the sections (1, 6) whose figures ran on it
+    for run in runs:
+        cpus.setdefault(run["machine"].get("cpu_model", "?"), set()).add("1")
     parts = []
     for path in sorted(glob.glob(os.path.join(results_dir, "pareto_*.json"))):
         pareto = read_json(path)
+        cpus.setdefault(pareto["machine"].get("cpu_model", "?"), set()).add("6")
         png = os.path.join(plot_dir, f"pareto_{pareto['task']}.png")
         plot_pareto(runs, pareto, png)
         parts.append(md_pareto(pareto, runs, png, md_dir))
     if parts:
         out["pareto"] = "\n\n".join(parts)
     out["machine"] = runs[0]["machine"]
-    cpus: dict[str, set[str]] = {}
-    for run in runs:
-        cpus.setdefault(run["machine"].get("cpu_model", "?"), set()).add("1")
-    for path in glob.glob(os.path.join(results_dir, "pareto_*.json")):
-        cpus.setdefault(read_json(path)["machine"].get("cpu_model", "?"), set()).add("6")
     out["cpu_sections"] = cpus
     out["dates"] = sorted({r["date"] for r in runs})
     out["version_sources"] = {
