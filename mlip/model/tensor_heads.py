@@ -6,7 +6,12 @@ The backbone's last density ``A`` ``[N, (lmax+1)², C]`` supplies, for free:
   tensor target; a :class:`~mlip.model.tensor_basis.LambdaBasis` turns them into λ-tensors
   (solid harmonics, Clebsch–Gordan couplings, cross and triple products for pseudotensors);
 * for proper λ ≤ lmax, K extra elements ``Σ_c U_ck A_i[c, λ]``: contracted λ-densities. They keep
-  the basis alive where all vectors cancel by symmetry (the carbon of CO₂ or of methane).
+  the basis alive where all vectors cancel by symmetry (the carbon of CO₂ or of methane);
+* optionally (``density_couplings`` K' > 0), for every block with λ ≥ 1, K' Clebsch–Gordan couplings
+  ``((U A_i[l1]) ⊗ (U' A_i[l2]))_λ`` per pair of density orders ``1 ≤ l1 ≤ l2 ≤ lmax`` of the block's
+  parity (``l1 + l2 ≡ λ`` for proper tensors, ``≡ λ + 1`` for pseudotensors): vectors that are not
+  linear in the l=1 density, such as MACE's l=1 features after its product basis (for a dipole: the
+  l=1 ⊗ l=2 and l=2 ⊗ l=3 couplings).
 
 An MLP of the invariant features (backbone features ⊕ Gram matrix ``v_p·v_q``) gives coefficients
 ``α_iq`` and the atomic tensor is ``T_i = scale · Σ_q α_iq B_iq``. Per-structure targets sum ``T_i``
@@ -44,12 +49,25 @@ from torch import nn
 
 from mlip.model.backbone import NormalisedSiLU, mlp
 from mlip.model.cartesian import spherical_to_rank2, spherical_to_vector
+from mlip.model.spherical import clebsch_gordan
 from mlip.model.tensor_basis import LambdaBasis
 from mlip.targets import TargetSpec
 
 
 def _key(lam: int, sig: int) -> str:
     return f"l{lam}_{'p' if sig > 0 else 'm'}"
+
+
+def _coupling_pairs(lam: int, sig: int, lmax: int) -> list[tuple[int, int]]:
+    """Density orders ``(l1, l2)``, ``1 ≤ l1 ≤ l2 ≤ lmax``, whose coupling is a (λ, σ) tensor: the
+    triangle rule, and the parity ``(-1)^(l1+l2)`` equal to ``σ (-1)^λ``."""
+    parity = lam if sig > 0 else lam + 1
+    return [
+        (l1, l2)
+        for l1 in range(1, lmax + 1)
+        for l2 in range(l1, lmax + 1)
+        if abs(l1 - l2) <= lam <= l1 + l2 and (l1 + l2 - parity) % 2 == 0
+    ]
 
 
 def _term_degree(lam: int, term) -> int:  # noqa: ANN001 - a tensor_basis.BasisTerm
@@ -121,6 +139,8 @@ class TensorHeads(nn.Module):
         scales: target name → output scale (RMS of the per-atom label), so networks output O(1).
         shifts: target name → per-atom offset of the λ=0 (σ=+1) component (like E0s for energies).
         density_elements: K, contracted λ-densities added to each proper basis with 1 ≤ λ ≤ lmax.
+        density_couplings: K', couplings of two contracted densities added to every basis with λ ≥ 1
+            per allowed pair of density orders (0: none; the fused evaluation needs 0).
     """
 
     def __init__(
@@ -133,6 +153,7 @@ class TensorHeads(nn.Module):
         scales: dict[str, float] | None = None,
         shifts: dict[str, float] | None = None,
         density_elements: int = 4,
+        density_couplings: int = 0,
     ) -> None:
         super().__init__()
         self.specs = list(specs)
@@ -150,6 +171,20 @@ class TensorHeads(nn.Module):
                 proj = nn.Linear(channels, density_elements, bias=False)
                 nn.init.normal_(proj.weight, std=channels**-0.5)
                 self.density_projections[_key(lam, sig)] = proj
+        # density couplings: "<block key>__<l1>_<l2>" → projections of A[l1] and A[l2] to K' channels
+        self.coupling_projections = nn.ModuleDict()
+        self._couplings: dict[str, list[tuple[int, int, str]]] = {}
+        for lam, sig in blocks:
+            if lam == 0 or density_couplings <= 0:
+                continue
+            pairs = _coupling_pairs(lam, sig, lmax)
+            self._couplings[_key(lam, sig)] = [(l1, l2, f"{_key(lam, sig)}__{l1}_{l2}") for l1, l2 in pairs]
+            for l1, l2 in pairs:
+                name = f"{_key(lam, sig)}__{l1}_{l2}"
+                proj = nn.Linear(channels, 2 * density_couplings, bias=False)
+                nn.init.normal_(proj.weight, std=channels**-0.5)
+                self.coupling_projections[name] = proj
+                self.register_buffer(f"_cg__{name}", clebsch_gordan(l1, l2, lam), persistent=False)
         n_gram = num_vectors * (num_vectors + 1) // 2
         upper = torch.triu_indices(num_vectors, num_vectors)  # the Gram matrix's upper triangle, flattened
         self.register_buffer("_gram_flat", upper[0] * num_vectors + upper[1], persistent=False)
@@ -161,6 +196,7 @@ class TensorHeads(nn.Module):
                 n_basis = self.bases[_key(lam, sig)].num_basis
                 if _key(lam, sig) in self.density_projections:
                     n_basis += density_elements
+                n_basis += len(self._couplings.get(_key(lam, sig), [])) * density_couplings
                 self.coefficients[f"{spec.name}__{_key(lam, sig)}"] = mlp(
                     [channels + n_gram, hidden, n_basis]
                 )
@@ -219,7 +255,9 @@ class TensorHeads(nn.Module):
 
     def _build_plan(self) -> FusedPlan | None:
         """The fused evaluation's constants, or None where it does not apply (a basis of degree > 2,
-        coefficient networks of another shape)."""
+        coefficient networks of another shape, density couplings)."""
+        if self._couplings:
+            return None  # couplings are quadratic in the density: evaluated block by block
         forms = {}
         for key, basis in self.bases.items():
             form = self._quadratic_form(basis)
@@ -461,8 +499,22 @@ class TensorHeads(nn.Module):
                 block = density[:, lam * lam : (lam + 1) * (lam + 1), :]  # [N, 2λ+1, C]
                 extra = self.density_projections[key](block).transpose(1, 2)  # [N, K, 2λ+1]
                 b = torch.cat([b, extra], dim=1)
+            if key in self._couplings:
+                b = torch.cat([b, *self._coupled_elements(key, density)], dim=1)
             bases[key] = b
         return bases, self.gram(vectors)
+
+    def _coupled_elements(self, key: str, density: torch.Tensor) -> list[torch.Tensor]:
+        """The density couplings of block ``key``: per pair of orders ``[N, K', 2λ+1]``."""
+        out = []
+        for l1, l2, name in self._couplings[key]:
+            proj = self.coupling_projections[name]
+            k = proj.out_features // 2
+            first = proj(density[:, l1 * l1 : (l1 + 1) * (l1 + 1), :])[..., :k]  # [N, 2l1+1, K']
+            second = proj(density[:, l2 * l2 : (l2 + 1) * (l2 + 1), :])[..., k:]  # [N, 2l2+1, K']
+            cg = getattr(self, f"_cg__{name}")  # [2l1+1, 2l2+1, 2λ+1]
+            out.append(torch.einsum("nak,nbk,abm->nkm", first, second, cg))
+        return out
 
     def gram(self, vectors: torch.Tensor) -> torch.Tensor:
         """Invariants ``v_p · v_q`` (p ≤ q) of the vectors ``[N, Q, 3]`` → ``[N, Q(Q+1)/2]``."""

@@ -94,6 +94,7 @@ def build_model(cfg: Config, stats: DatasetStatistics, specs: list[TargetSpec]) 
         tensor=dict(
             num_vectors=m.num_vectors,
             hidden=m.tensor_hidden,
+            density_couplings=m.tensor_couplings,
             scales=stats.tensor_scales,
             shifts=stats.tensor_shifts,
         ),

@@ -19,7 +19,7 @@ ALL_IRREPS = [[lam, sig] for lam in LAMS for sig in (1, -1)]
 CUTOFF = 4.0
 
 
-def make_model(lmax: int = 3, **backbone) -> MLIPModel:
+def make_model(lmax: int = 3, density_couplings: int = 0, **backbone) -> MLIPModel:
     targets = [
         {"name": "energy", "kind": "energy", "key": "energy"},
         {"name": "dipole", "kind": "vector", "key": "mu", "irreps": [[1, 1]]},
@@ -42,16 +42,18 @@ def make_model(lmax: int = 3, **backbone) -> MLIPModel:
         CUTOFF,
         targets=targets,
         backbone=dict(channels=12, lmax=lmax, num_layers=2, num_radial=6, radial_hidden=12, **backbone),
-        tensor=dict(num_vectors=4, hidden=12),
+        tensor=dict(num_vectors=4, hidden=12, density_couplings=density_couplings),
     ).double()
     perturb_weights(model, 0.1)
     return model.eval()
 
 
-@pytest.fixture(scope="module", params=["power-spectrum", "bispectrum+bonds"])
+@pytest.fixture(scope="module", params=["power-spectrum", "bispectrum+bonds", "density couplings"])
 def model(request) -> MLIPModel:
     if request.param == "bispectrum+bonds":
         return make_model(correlation=3, bond_channels=4)
+    if request.param == "density couplings":
+        return make_model(density_couplings=2)
     return make_model()
 
 
@@ -199,3 +201,26 @@ def test_symmetry_allowed_components_survive_where_vectors_cancel(model):
     blocks = dict(zip(map(tuple, ALL_IRREPS), spherical_blocks(carbon, ALL_IRREPS)))
     assert blocks[(1, 1)].abs().max() < 1e-10 and blocks[(2, 1)].abs().max() < 1e-10
     assert blocks[(3, 1)].abs().max() > 1e-6
+
+
+def test_density_couplings_pick_the_pairs_of_each_parity():
+    from mlip.model.tensor_heads import _coupling_pairs
+
+    assert _coupling_pairs(1, 1, 3) == [(1, 2), (2, 3)]  # a dipole: l=1 ⊗ l=2, l=2 ⊗ l=3
+    assert _coupling_pairs(1, -1, 3) == [(1, 1), (2, 2), (3, 3)]  # a pseudovector
+    assert _coupling_pairs(2, 1, 3) == [(1, 1), (1, 3), (2, 2), (3, 3)]
+    assert _coupling_pairs(1, 1, 1) == []  # nothing to couple below l=2
+
+
+def test_density_couplings_reach_the_outputs():
+    """Changing only the coupling projections changes the dipole and the polarizability."""
+    model = make_model(density_couplings=2)
+    heads = model.tensor_heads
+    assert set(heads._couplings) >= {"l1_p", "l2_p"} and heads._plan is None
+    before = predict(model, random_molecule(3))
+    with torch.no_grad():
+        for proj in heads.coupling_projections.values():
+            proj.weight.mul_(1.5)
+    after = predict(model, random_molecule(3))
+    for name in ("dipole", "polarizability"):
+        assert (after[name] - before[name]).abs().max() > 1e-6, name
