@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 
 import matplotlib
@@ -33,12 +34,17 @@ WATER_UNITS = {"dipole": WATER_UNIT, "polarizability": WATER_UNIT}
 
 
 def _log_axes(ax) -> None:
-    """Log x and y with plain labels at 1, 2, 3, 5, 7 × 10ⁿ (no crowded minor labels)."""
+    """Log x and y with plain labels at 1, 2, 3, 5, 7 × 10ⁿ, fewer where an axis spans more than a
+    decade (1, 2, 5) or two (1, 3), so that labels do not run into each other; no minor labels."""
     ax.set_xscale("log")
     ax.set_yscale("log")
     plain = FuncFormatter(lambda v, _: f"{v:g}")
     for axis, (lo, hi) in ((ax.xaxis, ax.get_xlim()), (ax.yaxis, ax.get_ylim())):
-        axis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 3.0, 5.0, 7.0)))
+        decades = math.log10(hi / lo)
+        subs = (
+            (1.0, 2.0, 3.0, 5.0, 7.0) if decades <= 1.2 else (1.0, 2.0, 5.0) if decades <= 2.0 else (1.0, 3.0)
+        )
+        axis.set_major_locator(LogLocator(base=10, subs=subs))
         axis.set_major_formatter(plain)
         # a narrow range may hold a single major tick: label the minor ones too
         axis.set_minor_formatter(plain if hi / lo < 3 else NullFormatter())
