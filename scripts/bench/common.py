@@ -16,6 +16,7 @@ import json
 import os
 import platform
 import signal
+import subprocess
 import sys
 import time
 import traceback
@@ -31,11 +32,44 @@ import numpy as np
 def exit_on_sigterm() -> None:
     """Make SIGTERM (``kill``, ``pkill``, ``timeout``) raise SystemExit in this process.
 
-    A benchmark driver or worker waits on a training process through ``subprocess.run``, which kills
-    its child on any exception; by default SIGTERM ends the waiting process without one, and its
-    child trains on as an orphan, sharing the CPU with whatever is timed next.
+    A benchmark driver or worker waits on a training process through :func:`run_child`, which ends
+    the child's whole process group on any exception; by default SIGTERM ends the waiting process
+    without one, and the child trains on as an orphan, sharing the CPU with whatever is timed next.
     """
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+
+
+def run_child(cmd: list[str], grace_s: float = 10.0, **popen_kwargs: Any) -> subprocess.CompletedProcess:
+    """``subprocess.run`` for a worker or training process whose own children must not outlive it.
+
+    The child starts in a new session, i.e. its own process group. If the wait is interrupted (SIGTERM
+    through :func:`exit_on_sigterm`, Ctrl-C, any exception), the whole group gets SIGTERM, then SIGKILL
+    after ``grace_s`` seconds. ``subprocess.run`` would SIGKILL the child alone, so a driver → worker →
+    ``mlip train`` chain left the trainer running as an orphan.
+    """
+    proc = subprocess.Popen(cmd, start_new_session=True, **popen_kwargs)
+    try:
+        return subprocess.CompletedProcess(cmd, proc.wait())
+    except BaseException:
+        _end_group(proc, grace_s)
+        raise
+
+
+def _end_group(proc: subprocess.Popen, grace_s: float) -> None:
+    """SIGTERM to ``proc``'s process group, SIGKILL to what is left of it after ``grace_s``."""
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    try:
+        proc.wait(timeout=grace_s)
+    except subprocess.TimeoutExpired:
+        pass
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)  # the leader's children, if they outlived it
+    except ProcessLookupError:
+        pass
+    proc.wait()
 
 
 # ----------------------------------------------------------------------------- threads

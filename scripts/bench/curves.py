@@ -27,7 +27,7 @@ import sys
 import time
 
 import numpy as np
-from common import load_predictions, machine_info, read_json, write_json
+from common import load_predictions, machine_info, read_json, run_child, write_json
 from metrics import errors
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -188,7 +188,7 @@ def curve_run(code: str, task: str, size: str, budget: float, marks: list[float]
     log(f"{name}: training ({budget:g} min budget, marks {marks})")
     start = time.perf_counter()
     with open(os.path.join(out, "driver.log"), "w") as handle:
-        proc = subprocess.run(cmd, cwd=REPO, env=worker_env(args), stdout=handle, stderr=subprocess.STDOUT)
+        proc = run_child(cmd, cwd=REPO, env=worker_env(args), stdout=handle, stderr=subprocess.STDOUT)
     record = {
         "code": code,
         "task": task,

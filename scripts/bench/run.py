@@ -33,7 +33,7 @@ REPO = os.path.dirname(os.path.dirname(HERE))
 sys.path.insert(0, HERE)
 
 import numpy as np  # noqa: E402
-from common import exit_on_sigterm, machine_info, read_json, write_json  # noqa: E402
+from common import exit_on_sigterm, machine_info, read_json, run_child, write_json  # noqa: E402
 
 SCRIPTS = {
     "mlip": os.path.join(HERE, "worker_mlip.py"),
@@ -177,7 +177,7 @@ def train_run(code: str, task: str, budget: float, out: str, args, no_test: bool
     os.makedirs(out, exist_ok=True)
     start = time.perf_counter()
     with open(os.path.join(out, "driver.log"), "w") as handle:
-        proc = subprocess.run(cmd, cwd=REPO, env=env_for(args), stdout=handle, stderr=subprocess.STDOUT)
+        proc = run_child(cmd, cwd=REPO, env=env_for(args), stdout=handle, stderr=subprocess.STDOUT)
     if proc.returncode != 0:
         raise RuntimeError(f"{code} training on {task} failed (log: {out}/driver.log)")
     result = read_json(os.path.join(out, "result.json"))

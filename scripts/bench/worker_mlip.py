@@ -41,6 +41,7 @@ from common import (  # noqa: E402
     parse_marks,
     peak_memory,
     read_json,
+    run_child,
     serve,
     set_threads,
     split_tests,
@@ -269,7 +270,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     command = [sys.executable, "-m", "mlip", "train", cfg_path]
     start = time.perf_counter()
     with open(os.path.join(out, "train.log"), "w") as log:
-        proc = subprocess.run(command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+        proc = run_child(command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
     wall = time.perf_counter() - start
     if proc.returncode != 0:
         raise SystemExit(f"mlip train failed (see {out}/train.log)")

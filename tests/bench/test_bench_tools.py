@@ -201,3 +201,43 @@ def test_a_terminated_benchmark_process_takes_its_training_child_with_it(tmp_pat
     if orphan:
         os.kill(child_pid, signal.SIGKILL)
     assert orphan is not handled
+
+
+def _running(pid: int) -> bool:
+    """True while ``pid`` exists and is not a zombie (an orphan's zombie waits for init to reap it)."""
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.parametrize("top", ["run_child", "subprocess.run"])
+def test_a_terminated_driver_takes_its_grandchild_with_it(tmp_path, top):
+    """Driver → worker → trainer, as run.py → worker_mlip.py → mlip train: SIGTERM to the driver ends
+    the trainer too when the driver waits through ``run_child`` (the worker here has no handler at
+    all). The control, ``subprocess.run`` at the top, SIGKILLs the worker alone: the trainer lives on."""
+    pid_file = tmp_path / "trainer.pid"
+    trainer = f"import os, time; open({str(pid_file)!r}, 'w').write(str(os.getpid())); time.sleep(60)"
+    worker = f"import subprocess, sys; subprocess.run([sys.executable, '-c', {trainer!r}])"
+    call = "run_child" if top == "run_child" else "subprocess.run"
+    driver = (
+        f"import subprocess, sys; sys.path.insert(0, {str(ROOT / 'scripts' / 'bench')!r}); "
+        f"from common import exit_on_sigterm, run_child; exit_on_sigterm(); "
+        f"{call}([sys.executable, '-c', {worker!r}])"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", driver])
+    deadline = time.monotonic() + 60
+    while not (pid_file.exists() and pid_file.read_text()):
+        assert time.monotonic() < deadline and proc.poll() is None
+        time.sleep(0.05)
+    trainer_pid = int(pid_file.read_text())
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=30) == 128 + signal.SIGTERM
+    deadline = time.monotonic() + 5
+    while _running(trainer_pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    orphan = _running(trainer_pid)
+    if orphan:
+        os.kill(trainer_pid, signal.SIGKILL)
+    assert orphan == (top == "subprocess.run")
