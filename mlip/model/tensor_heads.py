@@ -177,10 +177,10 @@ class TensorHeads(nn.Module):
         for lam, sig in blocks:
             if lam == 0 or density_couplings <= 0:
                 continue
-            pairs = _coupling_pairs(lam, sig, lmax)
-            self._couplings[_key(lam, sig)] = [(l1, l2, f"{_key(lam, sig)}__{l1}_{l2}") for l1, l2 in pairs]
-            for l1, l2 in pairs:
-                name = f"{_key(lam, sig)}__{l1}_{l2}"
+            key = _key(lam, sig)
+            for l1, l2 in _coupling_pairs(lam, sig, lmax):  # none where lmax is too low for the parity
+                name = f"{key}__{l1}_{l2}"
+                self._couplings.setdefault(key, []).append((l1, l2, name))
                 proj = nn.Linear(channels, 2 * density_couplings, bias=False)
                 nn.init.normal_(proj.weight, std=channels**-0.5)
                 self.coupling_projections[name] = proj
@@ -508,10 +508,10 @@ class TensorHeads(nn.Module):
         """The density couplings of block ``key``: per pair of orders ``[N, K', 2λ+1]``."""
         out = []
         for l1, l2, name in self._couplings[key]:
-            proj = self.coupling_projections[name]
-            k = proj.out_features // 2
-            first = proj(density[:, l1 * l1 : (l1 + 1) * (l1 + 1), :])[..., :k]  # [N, 2l1+1, K']
-            second = proj(density[:, l2 * l2 : (l2 + 1) * (l2 + 1), :])[..., k:]  # [N, 2l2+1, K']
+            weight = self.coupling_projections[name].weight  # [2K', C]: A[l1]'s rows, then A[l2]'s
+            k = weight.shape[0] // 2
+            first = F.linear(density[:, l1 * l1 : (l1 + 1) * (l1 + 1), :], weight[:k])  # [N, 2l1+1, K']
+            second = F.linear(density[:, l2 * l2 : (l2 + 1) * (l2 + 1), :], weight[k:])  # [N, 2l2+1, K']
             cg = getattr(self, f"_cg__{name}")  # [2l1+1, 2l2+1, 2λ+1]
             out.append(torch.einsum("nak,nbk,abm->nkm", first, second, cg))
         return out

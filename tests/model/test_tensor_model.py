@@ -210,6 +210,12 @@ def test_density_couplings_pick_the_pairs_of_each_parity():
     assert _coupling_pairs(1, -1, 3) == [(1, 1), (2, 2), (3, 3)]  # a pseudovector
     assert _coupling_pairs(2, 1, 3) == [(1, 1), (1, 3), (2, 2), (3, 3)]
     assert _coupling_pairs(1, 1, 1) == []  # nothing to couple below l=2
+    from mlip.model.tensor_heads import TensorHeads
+    from mlip.targets import TargetSpec
+
+    dipole = TargetSpec.from_dict({"name": "dipole", "kind": "vector", "key": "mu", "irreps": [[1, 1]]})
+    heads = TensorHeads(8, 1, [dipole], density_couplings=2)
+    assert not heads._couplings and heads._plan is not None  # nothing added: the fused path stays
 
 
 def test_density_couplings_reach_the_outputs():
