@@ -174,35 +174,6 @@ def test_gpu_curve_plot_draws_one_colour_per_arm_and_skips_other_json(tmp_path, 
     assert len(set(colours.values())) == 3
 
 
-@pytest.mark.parametrize("handled", [True, False])
-def test_a_terminated_benchmark_process_takes_its_training_child_with_it(tmp_path, handled):
-    """With ``exit_on_sigterm`` a SIGTERM to a driver/worker ends the child it waits on; without it
-    (the control) the child runs on as an orphan."""
-    pid_file = tmp_path / "child.pid"
-    child = f"import os, time; open({str(pid_file)!r}, 'w').write(str(os.getpid())); time.sleep(60)"
-    parent = (
-        f"import subprocess, sys; sys.path.insert(0, {str(ROOT / 'scripts' / 'bench')!r}); "
-        f"from common import exit_on_sigterm; {'exit_on_sigterm(); ' if handled else ''}"
-        f"subprocess.run([sys.executable, '-c', {child!r}])"
-    )
-    proc = subprocess.Popen([sys.executable, "-c", parent])
-    deadline = time.monotonic() + 60
-    while not (pid_file.exists() and pid_file.read_text()):
-        assert time.monotonic() < deadline and proc.poll() is None
-        time.sleep(0.05)
-    child_pid = int(pid_file.read_text())
-    proc.send_signal(signal.SIGTERM)
-    assert proc.wait(timeout=30) == (128 + signal.SIGTERM if handled else -signal.SIGTERM)
-    try:
-        os.kill(child_pid, 0)
-        orphan = True
-    except ProcessLookupError:
-        orphan = False
-    if orphan:
-        os.kill(child_pid, signal.SIGKILL)
-    assert orphan is not handled
-
-
 def _running(pid: int) -> bool:
     """True while ``pid`` exists and is not a zombie (an orphan's zombie waits for init to reap it)."""
     try:
@@ -212,32 +183,60 @@ def _running(pid: int) -> bool:
         return False
 
 
+BENCH_IMPORT = f"import subprocess, sys; sys.path.insert(0, {str(ROOT / 'scripts' / 'bench')!r}); "
+
+
+def _terminate(program, pid_file) -> tuple[int, bool]:
+    """Run ``program(sleeper)`` (Python source that starts the sleeper, somewhere down a chain of
+    processes), SIGTERM it once the sleeper has written its pid, and return the program's exit
+    status and whether the sleeper outlived it (an orphan; killed here)."""
+    sleeper = f"import os, time; open({str(pid_file)!r}, 'w').write(str(os.getpid())); time.sleep(60)"
+    proc = subprocess.Popen([sys.executable, "-c", program(sleeper)])
+    deadline = time.monotonic() + 60
+    while not (pid_file.exists() and pid_file.read_text()):
+        assert time.monotonic() < deadline and proc.poll() is None
+        time.sleep(0.05)
+    sleeper_pid = int(pid_file.read_text())
+    proc.send_signal(signal.SIGTERM)
+    status = proc.wait(timeout=30)
+    deadline = time.monotonic() + 5
+    while _running(sleeper_pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    orphan = _running(sleeper_pid)
+    if orphan:
+        os.kill(sleeper_pid, signal.SIGKILL)
+    return status, orphan
+
+
+@pytest.mark.parametrize("handled", [True, False])
+def test_a_terminated_benchmark_process_takes_its_training_child_with_it(tmp_path, handled):
+    """With ``exit_on_sigterm`` a SIGTERM to a driver/worker ends the child it waits on; without it
+    (the control) the child runs on as an orphan."""
+
+    def parent(child: str) -> str:
+        return (
+            f"{BENCH_IMPORT}from common import exit_on_sigterm; {'exit_on_sigterm(); ' if handled else ''}"
+            f"subprocess.run([sys.executable, '-c', {child!r}])"
+        )
+
+    status, orphan = _terminate(parent, tmp_path / "child.pid")
+    assert status == (128 + signal.SIGTERM if handled else -signal.SIGTERM)
+    assert orphan is not handled
+
+
 @pytest.mark.parametrize("top", ["run_child", "subprocess.run"])
 def test_a_terminated_driver_takes_its_grandchild_with_it(tmp_path, top):
     """Driver → worker → trainer, as run.py → worker_mlip.py → mlip train: SIGTERM to the driver ends
     the trainer too when the driver waits through ``run_child`` (the worker here has no handler at
     all). The control, ``subprocess.run`` at the top, SIGKILLs the worker alone: the trainer lives on."""
-    pid_file = tmp_path / "trainer.pid"
-    trainer = f"import os, time; open({str(pid_file)!r}, 'w').write(str(os.getpid())); time.sleep(60)"
-    worker = f"import subprocess, sys; subprocess.run([sys.executable, '-c', {trainer!r}])"
-    call = "run_child" if top == "run_child" else "subprocess.run"
-    driver = (
-        f"import subprocess, sys; sys.path.insert(0, {str(ROOT / 'scripts' / 'bench')!r}); "
-        f"from common import exit_on_sigterm, run_child; exit_on_sigterm(); "
-        f"{call}([sys.executable, '-c', {worker!r}])"
-    )
-    proc = subprocess.Popen([sys.executable, "-c", driver])
-    deadline = time.monotonic() + 60
-    while not (pid_file.exists() and pid_file.read_text()):
-        assert time.monotonic() < deadline and proc.poll() is None
-        time.sleep(0.05)
-    trainer_pid = int(pid_file.read_text())
-    proc.send_signal(signal.SIGTERM)
-    assert proc.wait(timeout=30) == 128 + signal.SIGTERM
-    deadline = time.monotonic() + 5
-    while _running(trainer_pid) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    orphan = _running(trainer_pid)
-    if orphan:
-        os.kill(trainer_pid, signal.SIGKILL)
+
+    def driver(trainer: str) -> str:
+        worker = f"import subprocess, sys; subprocess.run([sys.executable, '-c', {trainer!r}])"
+        return (
+            f"{BENCH_IMPORT}from common import exit_on_sigterm, run_child; exit_on_sigterm(); "
+            f"{top}([sys.executable, '-c', {worker!r}])"
+        )
+
+    status, orphan = _terminate(driver, tmp_path / "trainer.pid")
+    assert status == 128 + signal.SIGTERM
     assert orphan == (top == "subprocess.run")
