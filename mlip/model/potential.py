@@ -138,22 +138,8 @@ class MLIPModel(nn.Module):
         if tensor_specs:
             from mlip.model.tensor_heads import TensorHeads
 
-            heads_kwargs = {k: v for k, v in tensor.items() if k != "bond_hidden"}
             self.tensor_heads = TensorHeads(
-                self.backbone.channels, self.backbone.lmax, tensor_specs, **heads_kwargs
-            )
-        # per-bond terms added to every tensor target (``model.tensor_bonds``; mlip.model.bond_tensors)
-        self.bond_tensors: nn.Module | None = None
-        if tensor_specs and int(tensor.get("bond_hidden", 0)) > 0:
-            from mlip.model.bond_tensors import BondTensorTerms
-
-            self.bond_tensors = BondTensorTerms(
-                self.backbone.channels,
-                cutoff,
-                tensor_specs,
-                hidden=int(tensor["bond_hidden"]),
-                num_radial=int(backbone.get("num_radial", 8)),
-                scales=tensor.get("scales"),
+                self.backbone.channels, self.backbone.lmax, tensor_specs, **tensor
             )
         # learned partial charges × positions added to molecular dipoles (``charges: true``)
         self.charge_dipoles = nn.ModuleDict()
@@ -282,10 +268,6 @@ class MLIPModel(nn.Module):
         if self.tensor_heads is not None:
             with torch.set_grad_enabled(torch.is_grad_enabled() and tensors_need_graph):
                 out.update(self.tensor_heads(features, density, batch, num_graphs))
-                if self.bond_tensors is not None:
-                    bonds = self.bond_tensors(features[-1], data.edge_index, edge_vectors, batch, num_graphs)
-                    for name, value in bonds.items():
-                        out[name] = out[name] + value
                 for name, charge_dipole in self.charge_dipoles.items():
                     refuse_periodic(getattr(data, "pbc", None), name)
                     out[name] = out[name] + charge_dipole(features[-1], pos, batch, num_graphs)

@@ -50,7 +50,6 @@ class ModelConfig:
     num_vectors: int = 4  # learned vectors per atom for tensor λ-bases
     tensor_hidden: int = 64
     tensor_couplings: int = 0  # > 0: + couplings of two density orders in every tensor basis (λ ≥ 1)
-    tensor_bonds: int = 0  # > 0: + per-bond terms in every tensor target (width of their network)
     correlation: int = 2  # 2: power-spectrum invariants (3-body per layer); 3: + bispectrum (4-body)
     bispectrum_channels: int | None = None  # channels with bispectrum invariants (None: all)
     bond_channels: int = 0  # channels of the bond projections of the previous density (0 = off)
@@ -394,7 +393,6 @@ _RANGES: dict[str, tuple[float, bool, float | None]] = {
     "model.num_vectors": (3, True, None),  # pseudotensor bases need triple products of 3 vectors
     "model.tensor_hidden": (1, True, None),
     "model.tensor_couplings": (0, True, None),
-    "model.tensor_bonds": (0, True, None),
     "model.correlation": (2, True, 3),
     "model.bispectrum_channels": (1, True, None),
     "model.bond_channels": (0, True, None),

@@ -95,7 +95,6 @@ def build_model(cfg: Config, stats: DatasetStatistics, specs: list[TargetSpec]) 
             num_vectors=m.num_vectors,
             hidden=m.tensor_hidden,
             density_couplings=m.tensor_couplings,
-            bond_hidden=m.tensor_bonds,
             scales=stats.tensor_scales,
             shifts=stats.tensor_shifts,
         ),

@@ -19,7 +19,7 @@ ALL_IRREPS = [[lam, sig] for lam in LAMS for sig in (1, -1)]
 CUTOFF = 4.0
 
 
-def make_model(lmax: int = 3, density_couplings: int = 0, bond_hidden: int = 0, **backbone) -> MLIPModel:
+def make_model(lmax: int = 3, density_couplings: int = 0, **backbone) -> MLIPModel:
     targets = [
         {"name": "energy", "kind": "energy", "key": "energy"},
         {"name": "dipole", "kind": "vector", "key": "mu", "irreps": [[1, 1]]},
@@ -42,18 +42,18 @@ def make_model(lmax: int = 3, density_couplings: int = 0, bond_hidden: int = 0, 
         CUTOFF,
         targets=targets,
         backbone=dict(channels=12, lmax=lmax, num_layers=2, num_radial=6, radial_hidden=12, **backbone),
-        tensor=dict(num_vectors=4, hidden=12, density_couplings=density_couplings, bond_hidden=bond_hidden),
+        tensor=dict(num_vectors=4, hidden=12, density_couplings=density_couplings),
     ).double()
     perturb_weights(model, 0.1)
     return model.eval()
 
 
-@pytest.fixture(scope="module", params=["power-spectrum", "bispectrum+bonds", "density couplings+bond terms"])
+@pytest.fixture(scope="module", params=["power-spectrum", "bispectrum+bonds", "density couplings"])
 def model(request) -> MLIPModel:
     if request.param == "bispectrum+bonds":
         return make_model(correlation=3, bond_channels=4)
-    if request.param == "density couplings+bond terms":
-        return make_model(density_couplings=2, bond_hidden=8)
+    if request.param == "density couplings":
+        return make_model(density_couplings=2)
     return make_model()
 
 
@@ -230,66 +230,3 @@ def test_density_couplings_reach_the_outputs():
     after = predict(model, random_molecule(3))
     for name in ("dipole", "polarizability"):
         assert (after[name] - before[name]).abs().max() > 1e-6, name
-
-
-def test_bond_terms_reach_proper_blocks_with_lambda_at_least_one():
-    """Bond terms change every proper λ ≥ 1 block and leave λ = 0 and the pseudotensors alone; the
-    model keeps them through save and load."""
-    from mlip.model.potential import model_from_payload, model_payload
-
-    model = make_model(bond_hidden=8)
-    atoms = random_molecule(3)
-    with_bonds = predict(model, atoms)
-    bonds, model.bond_tensors = model.bond_tensors, None
-    without = predict(model, atoms)
-    model.bond_tensors = bonds
-    for name in ("dipole", "polarizability", "born"):
-        assert (with_bonds[name] - without[name]).abs().max() > 1e-6, name
-    change = dict(
-        zip(
-            map(tuple, ALL_IRREPS),
-            spherical_blocks(with_bonds["atomic_sph"] - without["atomic_sph"], ALL_IRREPS),
-        )
-    )
-    for (lam, sig), block in change.items():
-        if sig > 0 and lam >= 1:
-            assert block.abs().max() > 1e-6, (lam, sig)
-        else:
-            assert block.abs().max() == 0.0, (lam, sig)
-    reloaded = model_from_payload(model_payload(model)).double().eval()
-    again = predict(reloaded, atoms)
-    for name in ("dipole", "polarizability"):
-        torch.testing.assert_close(again[name], with_bonds[name], atol=1e-12, rtol=0)
-    # bond terms sit beside the heads: a dipole + polarizability model keeps the fused evaluation
-    dielectric = MLIPModel(
-        [1, 6, 8],
-        CUTOFF,
-        targets=[
-            {"name": "dipole", "kind": "vector", "key": "mu", "irreps": [[1, 1]]},
-            {"name": "polarizability", "kind": "rank2", "key": "alpha", "irreps": [[0, 1], [2, 1]]},
-        ],
-        backbone=dict(channels=8, lmax=2, num_layers=1),
-        tensor=dict(bond_hidden=4),
-    )
-    assert dielectric.bond_tensors is not None and dielectric.tensor_heads._plan is not None
-
-
-def test_bond_terms_vanish_smoothly_at_the_cutoff():
-    """A neighbour leaving the cutoff sphere: its bond term goes to zero with the envelope."""
-    model = make_model(bond_hidden=8)
-
-    def bond_term(distance: float) -> float:
-        co = Atoms("CO", positions=[[0, 0, 0], [0, 0, distance]])
-        graph = atoms_to_graph(co, CUTOFF, dtype=torch.float64)
-        edges = graph.pos[graph.edge_index[1]] - graph.pos[graph.edge_index[0]]
-        with torch.no_grad():
-            features, _ = model.backbone(model.species_index(graph.numbers), graph.edge_index, edges)
-            terms = model.bond_tensors(
-                features[-1], graph.edge_index, edges, torch.zeros(2, dtype=torch.long), 1
-            )
-        return terms["dipole"].norm().item()
-
-    inside, edge, beyond = bond_term(0.7 * CUTOFF), bond_term(0.999 * CUTOFF), bond_term(1.01 * CUTOFF)
-    assert inside > 1e-4
-    assert edge < 1e-6 * inside
-    assert beyond == 0.0
