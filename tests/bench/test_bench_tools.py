@@ -174,6 +174,46 @@ def test_gpu_curve_plot_draws_one_colour_per_arm_and_skips_other_json(tmp_path, 
     assert len(set(colours.values())) == 3
 
 
+def test_plot_runs_averages_seeds_and_keeps_to_its_task(tmp_path, monkeypatch):
+    import matplotlib.axes
+    import plot_runs
+
+    def run(task: str, code: str, size: str, budget: float, seed: int, rmse: float) -> dict:
+        errors = {"test": {"dipole": {"rmse": rmse}, "polarizability": {"rmse": 2 * rmse}}}
+        snapshots = [
+            {"mark_min": m, "train_s": 60.0 * m, "errors": errors} for m in (1.0, 2.0) if m <= budget
+        ]
+        return {"status": "ok", "task": task, "code": code, "size": size, "budget_min": budget,
+                "seed": seed, "snapshots": snapshots}  # fmt: skip
+
+    runs = [
+        run("tensors", "mlip", "medium+rs8lr1", 2.0, 0, 8.0),
+        run("tensors", "mlip", "medium+rs8lr1", 2.0, 1, 9.0),
+        run("tensors", "mace", "large", 60.0, 0, 5.0),
+        run("ethanol", "mace", "large", 60.0, 0, 30.0),  # another task: left out
+    ]
+    files = []
+    for i, r in enumerate(runs):
+        files.append(str(tmp_path / f"run{i}.json"))
+        (tmp_path / f"run{i}.json").write_text(json.dumps(r))
+    drawn: list[tuple] = []
+    plot = matplotlib.axes.Axes.plot
+
+    def recording_plot(ax, *args, **kwargs):
+        drawn.append((list(args[1]), kwargs["label"]))
+        return plot(ax, *args, **kwargs)
+
+    monkeypatch.setattr(matplotlib.axes.Axes, "plot", recording_plot)
+    out = tmp_path / "tensors.png"
+    assert plot_runs.main(["--task", "tensors", "-o", str(out), *files]) == 0
+    assert out.stat().st_size > 0
+    assert len(drawn) == 2 * 2  # two panels (dipole, polarizability), one line per code
+    dipole = {label.split(",")[0]: ys for ys, label in drawn[:2]}
+    assert dipole == {"mlip": [8.5, 8.5], "MACE": [5.0, 5.0]}  # seeds averaged; ethanol absent
+    with pytest.raises(SystemExit, match="no finished 'carbon' runs"):
+        plot_runs.main(["--task", "carbon", "-o", str(out), *files])
+
+
 def _running(pid: int) -> bool:
     """True while ``pid`` exists and is not a zombie (an orphan's zombie waits for init to reap it)."""
     try:
