@@ -13,8 +13,8 @@ Seeds of one (code, size, budget) are averaged (line: mean, band: min–max), as
 from __future__ import annotations
 
 import argparse
-import json
 
+from common import read_json
 from plots import plot_curves
 
 
@@ -26,8 +26,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     runs = []
     for path in args.files:
-        with open(path) as f:
-            run = json.load(f)
+        run = read_json(path)
         if run.get("status", "ok") == "ok" and run.get("task") == args.task:
             runs.append(run)
     if not runs:

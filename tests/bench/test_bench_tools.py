@@ -144,8 +144,22 @@ def test_report_header_names_the_cpu_of_each_section():
     assert _cpus_by_section(results, {}) == "AMD EPYC"  # one host: named once
 
 
-def test_gpu_curve_plot_draws_one_colour_per_arm_and_skips_other_json(tmp_path, monkeypatch):
+def _record_plots(monkeypatch) -> list[tuple[tuple, dict]]:
+    """Record the (args, kwargs) of every ``Axes.plot`` call (still drawn) in the returned list."""
     import matplotlib.axes
+
+    calls: list[tuple[tuple, dict]] = []
+    plot = matplotlib.axes.Axes.plot
+
+    def recording_plot(ax, *args, **kwargs):
+        calls.append((args, kwargs))
+        return plot(ax, *args, **kwargs)
+
+    monkeypatch.setattr(matplotlib.axes.Axes, "plot", recording_plot)
+    return calls
+
+
+def test_gpu_curve_plot_draws_one_colour_per_arm_and_skips_other_json(tmp_path, monkeypatch):
     import plot_gpu_curves
 
     def run(code: str, size: str, seed: int, rmse: float) -> dict:
@@ -158,15 +172,9 @@ def test_gpu_curve_plot_draws_one_colour_per_arm_and_skips_other_json(tmp_path, 
         for seed in (0, 1):
             (tmp_path / f"{code}-{size}-{seed}.json").write_text(json.dumps(run(code, size, seed, 20.0 + i)))
     (tmp_path / "ood_diagnosis_600K.json").write_text(json.dumps({"runs": []}))  # not a run: skipped
-    drawn: list[dict] = []
-    plot = matplotlib.axes.Axes.plot
-
-    def recording_plot(ax, *args, **kwargs):
-        drawn.append(kwargs)
-        return plot(ax, *args, **kwargs)
-
-    monkeypatch.setattr(matplotlib.axes.Axes, "plot", recording_plot)
+    calls = _record_plots(monkeypatch)
     assert plot_gpu_curves.main([str(tmp_path), "-o", str(tmp_path / "curves.png")]) == 0
+    drawn = [kwargs for _, kwargs in calls]
     assert (tmp_path / "curves.png").stat().st_size > 0
     assert len(drawn) == 2 * 6  # two panels (test sets), six runs
     colours = {line["label"].rsplit(",", 1)[0]: line["color"] for line in drawn}
@@ -175,7 +183,6 @@ def test_gpu_curve_plot_draws_one_colour_per_arm_and_skips_other_json(tmp_path, 
 
 
 def test_plot_runs_averages_seeds_and_keeps_to_its_task(tmp_path, monkeypatch):
-    import matplotlib.axes
     import plot_runs
 
     def run(task: str, code: str, size: str, budget: float, seed: int, rmse: float) -> dict:
@@ -196,16 +203,10 @@ def test_plot_runs_averages_seeds_and_keeps_to_its_task(tmp_path, monkeypatch):
     for i, r in enumerate(runs):
         files.append(str(tmp_path / f"run{i}.json"))
         (tmp_path / f"run{i}.json").write_text(json.dumps(r))
-    drawn: list[tuple] = []
-    plot = matplotlib.axes.Axes.plot
-
-    def recording_plot(ax, *args, **kwargs):
-        drawn.append((list(args[1]), kwargs["label"]))
-        return plot(ax, *args, **kwargs)
-
-    monkeypatch.setattr(matplotlib.axes.Axes, "plot", recording_plot)
+    calls = _record_plots(monkeypatch)
     out = tmp_path / "tensors.png"
     assert plot_runs.main(["--task", "tensors", "-o", str(out), *files]) == 0
+    drawn = [(list(args[1]), kwargs["label"]) for args, kwargs in calls]
     assert out.stat().st_size > 0
     assert len(drawn) == 2 * 2  # two panels (dipole, polarizability), one line per code
     dipole = {label.split(",")[0]: ys for ys, label in drawn[:2]}
