@@ -284,6 +284,11 @@ class InteractionLayer(nn.Module):
         bispectrum_channels: channels that get the bispectrum (None: all).
         bond_channels: channels C' of the bond projections of the previous density (0: none; the
             first layer has no previous density).
+        linear_update: add a linear path ``W x`` next to the update MLP.
+        update_mlp: False makes the update linear in ``x`` (no MLP).
+        element_update: S > 0 adds a linear path with one weight matrix per element of the
+            receiving atom, ``W_{z_i} x`` (S elements): as MACE's product-basis weights depend on the
+            receiving element, each element gets its own linear function of the invariants.
     """
 
     def __init__(
@@ -297,6 +302,7 @@ class InteractionLayer(nn.Module):
         bispectrum_channels: int | None = None,
         linear_update: bool = False,
         update_mlp: bool = True,
+        element_update: int = 0,
     ) -> None:
         super().__init__()
         self.channels = channels
@@ -320,6 +326,12 @@ class InteractionLayer(nn.Module):
         if linear_update:
             self.update_linear = nn.Linear(channels + self.invariants.width, channels, bias=False)
             nn.init.normal_(self.update_linear.weight, std=0.1 * (channels + self.invariants.width) ** -0.5)
+        # optional per-element linear path: x @ W[:, s] for every element s, the receiver's one kept
+        self.element_linear: nn.Parameter | None = None
+        if element_update > 0:
+            self.element_linear = nn.Parameter(
+                torch.randn(update_in, element_update * channels) * (0.1 * update_in**-0.5)
+            )
         l_of_lm = torch.cat([torch.full((2 * l + 1,), l, dtype=torch.long) for l in range(lmax + 1)])
         self.register_buffer("l_of_lm", l_of_lm, persistent=False)
         self._register_load_state_dict_pre_hook(self._rename_old_keys)
@@ -340,9 +352,11 @@ class InteractionLayer(nn.Module):
         inv_avg_neighbours: float,
         edge_envelope: torch.Tensor | None = None,
         previous_density: torch.Tensor | None = None,
+        species: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-edge messages summed with ``index_add``; returns the updated features ``[N, C]`` and
         the density ``A`` ``[N, (lmax+1)², C]``. (:meth:`forward_padded` computes the same.)
+        ``species`` ``[N]`` (element indices) is needed by the per-element update path only.
 
         ``edge_envelope`` ``[E]`` multiplies the radial MLP's output: the MLP has biases, so
         MLP(0) ≠ 0 and only this makes the messages (and the energy) vanish smoothly at r_c.
@@ -360,7 +374,7 @@ class InteractionLayer(nn.Module):
         messages = weights[:, self.l_of_lm, :] * edge_sh.unsqueeze(-1)  # [E, (L+1)², C]
         density = torch.zeros(n_atoms, messages.shape[1], c, dtype=h.dtype, device=h.device)
         density = density.index_add(0, receivers, messages) * inv_avg_neighbours
-        return self._update(h, density), density
+        return self._update(h, density, species), density
 
     def forward_padded(
         self,
@@ -368,6 +382,7 @@ class InteractionLayer(nn.Module):
         layout: PaddedEdges,
         inv_avg_neighbours: float,
         previous_density: torch.Tensor | None = None,
+        species: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Same as :meth:`forward`, on the padded layout: per atom and l, ``[2l+1, K] @ [K, C]``."""
         n_atoms, k, c = layout.num_atoms, layout.max_neighbours, self.channels
@@ -378,14 +393,23 @@ class InteractionLayer(nn.Module):
         hj = self.neighbour_linear(h)[layout.senders] * layout.envelope.unsqueeze(-1)  # [N, K, C]
         blocks = [torch.bmm(layout.sh_blocks[l], radial * hj) for l, radial in enumerate(weights.unbind(2))]
         density = torch.cat(blocks, dim=1) * inv_avg_neighbours  # [N, (L+1)², C]
-        return self._update(h, density), density
+        return self._update(h, density, species), density
 
-    def _update(self, h: torch.Tensor, density: torch.Tensor) -> torch.Tensor:
-        """``h + MLP(x)`` (``+ W x`` with ``linear_update``), ``x = [h, A_00, p_1 .. p_L, b_paths]``."""
+    def _update(
+        self, h: torch.Tensor, density: torch.Tensor, species: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """``h + MLP(x)`` (``+ W x`` with ``linear_update``, ``+ W_{z_i} x`` with ``element_update``),
+        ``x = [h, A_00, p_1 .. p_L, b_paths]``."""
         x = torch.cat([h, *self.invariants(density)], dim=-1)
+        out = h + self.update(x)
         if self.update_linear is not None:
-            return h + self.update(x) + self.update_linear(x)
-        return h + self.update(x)
+            out = out + self.update_linear(x)
+        if self.element_linear is not None:
+            if species is None:
+                raise ValueError("InteractionLayer: element_update needs the atoms' species")
+            per_element = (x @ self.element_linear).view(x.shape[0], -1, self.channels)  # [N, S, C]
+            out = out + per_element.gather(1, species.view(-1, 1, 1).expand(-1, 1, self.channels)).squeeze(1)
+        return out
 
 
 class ScalarBackbone(nn.Module):
@@ -407,6 +431,8 @@ class ScalarBackbone(nn.Module):
         radial_species: width of learned element embeddings of the receiving and of the sending
             atom, appended to every layer's radial-MLP input, so that R(r) can differ between
             element pairs (C–O vs O–H) rather than only through the sender's channels (0 = off).
+        linear_update, update_mlp: see :class:`InteractionLayer`.
+        element_update: add each layer's per-element linear update path (:class:`InteractionLayer`).
 
     Attribute ``allow_padding`` (default True) lets :meth:`forward` take the padded path where it
     wastes little; False always takes the scatter path (what :mod:`mlip.model.export` uses).
@@ -428,6 +454,7 @@ class ScalarBackbone(nn.Module):
         linear_update: bool = False,
         update_mlp: bool = True,
         radial_species: int = 0,
+        element_update: bool = False,
     ) -> None:
         super().__init__()
         self.lmax = lmax
@@ -450,6 +477,7 @@ class ScalarBackbone(nn.Module):
                 bispectrum_channels,
                 linear_update,
                 update_mlp,
+                num_species if element_update else 0,
             )
             for t in range(num_layers)
         )
@@ -491,10 +519,18 @@ class ScalarBackbone(nn.Module):
         density = None
         for layer in self.layers:
             if layout is not None:
-                h, density = layer.forward_padded(h, layout, self.inv_avg_neighbours, density)
+                h, density = layer.forward_padded(h, layout, self.inv_avg_neighbours, density, species)
             else:
                 h, density = layer(
-                    h, edge_sh, edge_radial, receivers, senders, self.inv_avg_neighbours, envelope, density
+                    h,
+                    edge_sh,
+                    edge_radial,
+                    receivers,
+                    senders,
+                    self.inv_avg_neighbours,
+                    envelope,
+                    density,
+                    species,
                 )
             features.append(h)
         if density is None:

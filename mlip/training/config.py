@@ -57,6 +57,7 @@ class ModelConfig:
     linear_update: bool = False  # + a linear path next to each layer's update MLP
     update_mlp: bool = True  # False: each layer's update is linear in [h, invariants] (experimental)
     radial_species: int = 0  # > 0: element-pair radial functions (receiver/sender embeddings of this width)
+    element_update: bool = False  # + a per-element linear path in each layer's update (experimental)
 
 
 @dataclass

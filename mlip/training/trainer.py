@@ -88,6 +88,7 @@ def build_model(cfg: Config, stats: DatasetStatistics, specs: list[TargetSpec]) 
             linear_update=m.linear_update,
             update_mlp=m.update_mlp,
             radial_species=m.radial_species,
+            element_update=m.element_update,
         ),
         readout_hidden=m.readout_hidden,
         pair_repulsion={} if m.pair_repulsion else None,

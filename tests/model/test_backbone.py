@@ -128,6 +128,34 @@ def test_element_pair_radial_functions_see_the_receiving_element():
     assert (swapped[0] - density[0]).abs().max() > 1e-3
 
 
+def test_element_update_uses_the_receiving_elements_weights():
+    """With ``element_update`` each element has its own linear update: the path changes the
+    features, and swapping O's and H's weight blocks changes the features of both atoms of an O–H pair."""
+    torch.manual_seed(6)
+    model = MLIPModel(
+        [1, 8], cutoff=4.0, backbone=dict(channels=4, lmax=1, num_layers=1, element_update=True)
+    )
+    backbone = model.backbone
+    weights = backbone.layers[0].element_linear
+    assert weights.shape[1] == 2 * 4  # [update inputs, elements × channels]
+    edge_index = torch.tensor([[0, 1], [1, 0]])
+    vectors = torch.tensor([[1.0, 0.0, 0.0], [-1.0, 0.0, 0.0]])
+    species = torch.tensor([1, 0])
+    (h,), _ = backbone(species, edge_index, vectors)
+    with torch.no_grad():
+        weights.mul_(5.0)  # make the path matter at this scale
+    (h5,), _ = backbone(species, edge_index, vectors)
+    with torch.no_grad():
+        weights[:] = weights.view(-1, 2, 4).flip(1).reshape(-1, 8).clone()  # O's block ↔ H's block
+    (swapped,), _ = backbone(species, edge_index, vectors)
+    assert (h5 - h).abs().max() > 1e-3
+    assert (swapped - h5).abs().max(dim=1).values.min() > 1e-4  # every atom's features moved
+    # the layer refuses to guess the elements
+    layer, x = backbone.layers[0], torch.zeros(2, 4)
+    with pytest.raises(ValueError, match="element_update needs the atoms' species"):
+        layer._update(x, torch.zeros(2, 4, 4))
+
+
 def test_model_files_from_before_the_invariants_module_load():
     """mlip ≤ 0.1 stored the channel mixing as ``backbone.layers.<t>.mix``."""
     torch.manual_seed(3)

@@ -29,11 +29,17 @@ REL = 1e-10  # relative tolerance of exact symmetries in float64
 # Backbone variants every test runs on: the plain power spectrum, and every optional feature on
 # (bispectrum invariants, bond projections of the previous density, three layers, and the learned
 # short-range pair repulsion of mlip.model.pair, the linear update path and the linear update
-# without MLP, element-pair radial functions).
+# without MLP, element-pair radial functions, the per-element update path).
 ARCHITECTURES = {
     "power-spectrum": dict(num_layers=2),
     "bispectrum+bonds+pair": dict(
-        num_layers=3, correlation=3, bond_channels=4, linear_update=True, update_mlp=False, radial_species=3
+        num_layers=3,
+        correlation=3,
+        bond_channels=4,
+        linear_update=True,
+        update_mlp=False,
+        radial_species=3,
+        element_update=True,
     ),
 }
 WITH_PAIR_REPULSION = {"bispectrum+bonds+pair"}

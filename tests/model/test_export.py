@@ -57,6 +57,7 @@ def _model() -> MLIPModel:
             bond_channels=4,
             linear_update=True,
             radial_species=3,
+            element_update=True,
         ),
         readout_hidden=8,
         pair_repulsion={},
