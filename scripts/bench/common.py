@@ -536,7 +536,9 @@ def parse_marks(text: str | None, budget_min: float) -> list[float]:
 # converts the weights so that both codes minimise the same function (see docs/benchmarks.md).
 # Sources: ethanol/acac/carbon – mace/tools/arg_parser.py defaults of mace-torch 0.3.16 (the
 # README's recipe keeps them); tensors – MACE docs, guide/polarizability.rst; water – the command
-# published with the data, data/water_bulk/README.md.
+# published with the data, data/water_bulk/README.md; dipoles (EnergyDipolesMACE, energy + forces +
+# dipole) – the arg_parser.py defaults of mace-torch 0.3.16 (MACE's loss multiplies its dipole term
+# w_μ · mean((Δμ/N)²) by a further 100: WeightedEnergyForcesDipoleLoss in mace/modules/loss.py).
 MACE_RECIPE_WEIGHTS: dict[str, dict] = {
     "ethanol": {
         "stage_one": {"energy": 1.0, "forces": 100.0},
@@ -549,6 +551,10 @@ MACE_RECIPE_WEIGHTS: dict[str, dict] = {
     },
     "tensors": {"stage_one": {"dipole": 1000.0, "polarizability": 2000.0}, "stage_two": None},
     "water": {"stage_one": {"dipole": 1.0, "polarizability": 1.0}, "stage_two": None},
+    "dipoles": {
+        "stage_one": {"energy": 1.0, "forces": 100.0, "dipole": 1.0},
+        "stage_two": {"energy": 1000.0, "forces": 100.0, "dipole": 1.0},
+    },
 }
 
 # The weighting mlip's configs/accurate.yaml recommends (forces 10 : energy 1, energy ×100 in stage

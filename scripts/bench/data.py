@@ -6,7 +6,7 @@ Every code reads the same files. Labels are stored under ``REF_*`` keys in ``ato
 * ``REF_energy`` (eV, info), ``REF_forces`` (eV/Å, arrays);
 * carbon: ``REF_virial`` (eV, info, 9 numbers as in the source file) and ``REF_stress``
   (eV/Å³, info, 9 numbers, ``stress = −virial / V``, ASE sign);
-* tensors, water: ``REF_dipole`` (e·Å for ethanol; water: units of the source, see
+* tensors, dipoles, water: ``REF_dipole`` (e·Å for ethanol; water: units of the source, see
   data/PROVENANCE.md; info, 3), ``REF_polarizability`` (Å³ for ethanol; info, 9).
 
 Tasks and splits (the split is the same for every code and every seed; it is drawn with the
@@ -20,6 +20,8 @@ acac       400 / 50 drawn from data/acac/train_300K.xyz      ``test``: the other
                                                             ``test_600K``: all 500 of train_600K.xyz (OOD)
 carbon     70 / 10 of data/carbon/carbon_reduced_100.xyz     the other 20
 tensors    131 / 23 of data/tensors/ethanol_b3lyp_train.xyz  ethanol_b3lyp_test.xyz (154, later MD frames)
+dipoles    the same structures as tensors                   the same; targets energy, forces and dipole
+                                                            (what an IR spectrum needs)
 water      frames 0–579 / 590–639 of water_bulk.xyz          frames 650–799 (150); contiguous blocks
                                                             with 10-frame gaps (MD frames are correlated)
 =========  ===============================================  ==========================================
@@ -38,7 +40,7 @@ import ase.io
 import numpy as np
 from common import read_json, save_predictions, write_json
 
-TASKS = ("ethanol", "acac", "carbon", "tensors", "water")
+TASKS = ("ethanol", "acac", "carbon", "tensors", "water", "dipoles")
 
 TARGETS = {
     "ethanol": ["energy", "forces"],
@@ -46,6 +48,7 @@ TARGETS = {
     "carbon": ["energy", "forces", "stress"],
     "tensors": ["dipole", "polarizability"],
     "water": ["dipole", "polarizability"],
+    "dipoles": ["energy", "forces", "dipole"],
 }
 
 ISOLATED_ATOMS = {"ethanol": "data/ethanol/isolated_atoms.xyz", "acac": "data/acac/isolated_atoms.xyz"}
@@ -109,6 +112,7 @@ def _refs(frames: list[ase.Atoms], task: str) -> list[dict]:
             r["stress"] = np.asarray(a.info["REF_stress"]).reshape(3, 3)
         if "dipole" in targets:
             r["dipole"] = np.asarray(a.info["REF_dipole"])
+        if "polarizability" in targets:
             r["polarizability"] = np.asarray(a.info["REF_polarizability"]).reshape(3, 3)
         out.append(r)
     return out
@@ -234,6 +238,7 @@ def prepare(
         {"test": test},
         "data/tensors/ethanol_b3lyp_train.xyz (131/23, seeded) / ethanol_b3lyp_test.xyz",
     )
+    frames_b3lyp, test_b3lyp = frames, test
 
     # bulk water: contiguous blocks of the trajectory, 10-frame gaps between them
     frames = _read(repo, "data/water_bulk/water_bulk.xyz", _labels_water)
@@ -243,6 +248,16 @@ def prepare(
         frames[590:640],
         {"test": frames[650:800]},
         "data/water_bulk/water_bulk.xyz, contiguous: frames 0–579 train, 590–639 valid, 650–799 test",
+    )
+    # the same ethanol B3LYP structures with energy, forces and dipole (drawn after every other
+    # split, so that adding this task left the others unchanged)
+    write(
+        "dipoles",
+        frames_b3lyp[n_val:],
+        frames_b3lyp[:n_val],
+        {"test": test_b3lyp},
+        "data/tensors/ethanol_b3lyp_train.xyz (131/23, the tensors split) / ethanol_b3lyp_test.xyz; "
+        "energy, forces, dipole",
     )
     meta = {"settings": settings, "tasks": tasks}
     write_json(meta_path, meta)

@@ -414,7 +414,9 @@ def md_curves(runs: list[dict], plots: dict[str, str], md_dir: str, failed: list
     if any(r.get("smoke") for r in runs):
         lines += ["**SMOKE DATA** (tool test on a few structures): not results.", ""]
     tasks = [
-        t for t in ("ethanol", "acac", "carbon", "tensors", "water") if any(r["task"] == t for r in runs)
+        t
+        for t in ("ethanol", "acac", "carbon", "tensors", "dipoles", "water")
+        if any(r["task"] == t for r in runs)
     ]
     for task in tasks:
         truns = [r for r in runs if r["task"] == task]

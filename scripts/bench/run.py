@@ -586,7 +586,11 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="training budget in minutes: 60, or per task 60,carbon=30 (curves 60, pareto 30 by default)",
     )
-    g.add_argument("--tasks", default="ethanol,acac,carbon,tensors,water", help="curves: tasks")
+    g.add_argument(
+        "--tasks",
+        default="ethanol,acac,carbon,tensors,water",
+        help="curves: tasks (also dipoles: energy, forces and dipole of the tensors' structures)",
+    )
     g.add_argument("--task", dest="pareto_task", default="ethanol", help="pareto: the task (energy + forces)")
     g.add_argument("--seeds", default="0,1,2", help="training seeds, one run each (the split stays the same)")
     g.add_argument("--marks", default="1,2,3,5,7,10,15,20,30,45,60", help="snapshot marks, training minutes")
@@ -661,6 +665,11 @@ def main(argv: list[str] | None = None) -> int:
     args.codes = args.codes or ("mlip,mace,metatrain,pet" if campaign else "mlip,mace,metatrain")
     args.codes = [c.strip() for c in args.codes.split(",") if c.strip()]
     args.tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
+    from data import TASKS
+
+    unknown = [t for t in args.tasks if t not in TASKS]
+    if unknown:
+        p.error(f"unknown task(s) {', '.join(unknown)}; known: {', '.join(TASKS)}")
     args.dtypes = [d.strip() for d in args.dtypes.split(",") if d.strip()]
     ints = lambda s: [int(x) for x in s.split(",") if x.strip()]  # noqa: E731
     args.seeds = ints(args.seeds)

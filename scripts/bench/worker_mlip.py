@@ -93,7 +93,9 @@ def mace_equivalent_weights(task: str, train_file: str, stage: str = "stage_one"
     Energy per atom and force components enter both losses in the same way (same weights).
     Stress: mlip's term is (Δσ)² in (eV/Å³)², MACE's the per-atom virial (ΔW/N)² = (Δσ)² (V/N)²,
     so w_σ = w_W · mean((V/N)²). Tensors: MACE divides the dipole and the polarizability by N,
-    mlip does not, so w = w_MACE · mean(1/N²). ``None`` where MACE has no such stage.
+    mlip does not, so w = w_MACE · mean(1/N²); with energies and forces (the dipoles task) MACE
+    also multiplies the dipole term by 100, so w_μ = 100 · w_MACE · mean(1/N²). ``None`` where MACE
+    has no such stage.
     """
     import ase.io
 
@@ -107,6 +109,8 @@ def mace_equivalent_weights(task: str, train_file: str, stage: str = "stage_one"
         v2 = _mean_volume_per_atom_sq(frames)
         return {"energy": w["energy"], "forces": w["forces"], "stress": w["virials"] * v2}
     inv_n2 = _mean_inverse_n2(frames)
+    if task == "dipoles":
+        return {"energy": w["energy"], "forces": w["forces"], "dipole": 100.0 * w["dipole"] * inv_n2}
     return {"dipole": w["dipole"] * inv_n2, "polarizability": w["polarizability"] * inv_n2}
 
 
@@ -119,8 +123,10 @@ def task_targets(task: str) -> dict:
         return {**energy, "stress": {"key": "stress", "virial_key": "REF_virial"}}
     dipole = {"key": "REF_dipole", "type": "vector"}
     polar = {"key": "REF_polarizability", "type": "rank2"}
-    if task == "tensors":  # water: units of the source (undocumented), no conversion
+    if task in ("tensors", "dipoles"):  # water: units of the source (undocumented), no conversion
         dipole["unit"], polar["unit"] = "e*angstrom", "angstrom3"
+    if task == "dipoles":
+        return {**energy, "dipole": dipole}
     return {"dipole": dipole, "polarizability": polar}
 
 
@@ -461,7 +467,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
     t = sub.add_parser("train")
-    t.add_argument("--task", required=True, choices=["ethanol", "acac", "carbon", "tensors", "water"])
+    t.add_argument("--task", required=True, choices=list(MACE_RECIPE_WEIGHTS))
     t.add_argument("--splits", required=True)
     t.add_argument("--budget-min", type=float, required=True)
     t.add_argument("--out", required=True)

@@ -281,3 +281,51 @@ def test_a_terminated_driver_takes_its_grandchild_with_it(tmp_path, top):
     status, orphan = _terminate(driver, tmp_path / "trainer.pid")
     assert status == 128 + signal.SIGTERM
     assert orphan == (top == "subprocess.run")
+
+
+def test_dipoles_task_trains_energy_forces_and_dipole_with_equal_losses(tmp_path):
+    """The dipoles task: the tensors' structures with energy, forces and dipole (no polarizability);
+    mlip's weights reproduce MACE's loss (its dipole term is (Δμ/N)² × 100 × w_μ), and MACE runs its
+    energy + dipole model."""
+    import ase.io
+    from peer_mace import task_args
+    from worker_mlip import task_config
+
+    from data import prepare
+
+    meta = prepare(str(ROOT), str(tmp_path), smoke=8)
+    dipoles, tensors = meta["tasks"]["dipoles"], meta["tasks"]["tensors"]
+    assert dipoles["targets"] == ["energy", "forces", "dipole"]
+    same = [a.positions for a in ase.io.read(tensors["train"], ":")]
+    assert all(np.array_equal(a.positions, b) for a, b in zip(ase.io.read(dipoles["train"], ":"), same))
+    refs = np.load(dipoles["refs"])
+    assert {"0/energy", "0/forces", "0/dipole"} <= set(refs.files) and "0/polarizability" not in refs.files
+
+    raw, _ = task_config("dipoles", dipoles, 1.0, [1.0], str(tmp_path / "run"), "cpu", 0)
+    targets = raw["targets"]
+    assert set(targets) == {"energy", "forces", "dipole"}
+    assert targets["energy"]["weight"] == 1.0 and targets["forces"]["weight"] == 100.0
+    assert targets["dipole"]["weight"] == pytest.approx(100.0 / 9**2)  # ethanol: N = 9
+    assert raw["training"]["stage_two_weights"]["energy"] == 1000.0
+
+    args = task_args("dipoles", dipoles)
+    value = lambda flag: args[args.index(flag) + 1]  # noqa: E731
+    assert value("--model") == "EnergyDipolesMACE" and value("--loss") == "energy_forces_dipole"
+    assert value("--dipole_weight") == "1.0" and value("--forces_weight") == "100.0"
+    assert value("--swa_energy_weight") == "1000.0"
+
+
+def test_committee_removes_the_independent_part_of_the_seeds_errors():
+    from committee_errors import committee_report
+
+    refs = [{"n_atoms": np.array(3), "dipole": np.array([0.1 * i, 0.0, 1.0])} for i in range(4)]
+    shift = np.array([0.004, 0.0, 0.0])
+    plus = [{"dipole": r["dipole"] + shift} for r in refs]
+    minus = [{"dipole": r["dipole"] - shift} for r in refs]
+    same = committee_report([plus, plus], refs, ["dipole"])["dipole"]
+    assert same["committee"] == pytest.approx(same["mean_run"])
+    assert same["share_removed"] == pytest.approx(0.0)
+    opposite = committee_report([plus, minus], refs, ["dipole"])["dipole"]
+    assert opposite["runs"] == pytest.approx([4.0 / 3**0.5] * 2)  # me·Å: 4 on one of three components
+    assert opposite["committee"] == pytest.approx(0.0, abs=1e-9)
+    assert opposite["share_removed"] == pytest.approx(1.0)
