@@ -307,6 +307,7 @@ def test_dipoles_task_trains_energy_forces_and_dipole_with_equal_losses(tmp_path
     assert targets["energy"]["weight"] == 1.0 and targets["forces"]["weight"] == 100.0
     assert targets["dipole"]["weight"] == pytest.approx(100.0 / 9**2)  # ethanol: N = 9
     assert raw["training"]["stage_two_weights"]["energy"] == 1000.0
+    assert raw["training"]["loss_normalisation"] == "none"  # else the dipole has its own scale
 
     args = task_args("dipoles", dipoles)
     value = lambda flag: args[args.index(flag) + 1]  # noqa: E731
