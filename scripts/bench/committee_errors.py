@@ -4,12 +4,13 @@
         --results benchmarks/results/tensor_arms_2min_amd --work-dir /tmp/mlip-bench-tarm \
         --runs tensors__mlip-medium+rs8lr1eum0__2min__s0,tensors__mlip-medium+rs8lr1eum0__2min__s1
 
-For the final snapshot of each run (``<results>/curves/<run>.json`` → its prediction file, as
-ood_diagnosis.py reads them) on one test set: the test RMSE of every target for each run, their mean,
-and the RMSE of the committee (the per-structure average of the runs' predictions). Runs that differ
-only in their seed make errors that are partly independent; the committee averages that part away,
-so ``1 − committee / mean single run`` is the share of the error that more data or a smoother fit
-could remove without a better model. Reads only stored files; trains nothing.
+For the final snapshot of each run (``<results>/curves/<run>.json`` or ``<results>/<run>.json`` →
+its prediction file, kept in the run's work directory, as ood_diagnosis.py reads them) on one test
+set: the test RMSE of every target for each run, their mean, and the RMSE of the committee (the
+per-structure average of the runs' predictions). Runs that differ only in their seed make errors
+that are partly independent; the committee averages that part away, so ``1 − committee / mean
+single run`` is the share of the error that is seed-to-seed variance (what a committee, or a fit
+that varies less between seeds, would remove). Reads only stored files; trains nothing.
 """
 
 from __future__ import annotations
@@ -32,8 +33,12 @@ from data import TARGETS  # noqa: E402
 
 
 def final_prediction_file(run: str, test: str, results: str) -> str:
-    """The prediction file of a run's last snapshot on one test set."""
-    with open(os.path.join(results, "curves", f"{run}.json")) as handle:
+    """The prediction file of a run's last snapshot on one test set (the run's JSON in
+    ``<results>/curves/`` or, for the flat folders of benchmarks/results, in ``<results>/``)."""
+    path = os.path.join(results, "curves", f"{run}.json")
+    if not os.path.exists(path):
+        path = os.path.join(results, f"{run}.json")
+    with open(path) as handle:
         return json.load(handle)["worker"]["snapshots"][-1]["files"][test]
 
 
@@ -69,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--task", required=True, choices=list(TARGETS))
     p.add_argument("--test", default="test", help="test set name (e.g. test_600K for acac)")
-    p.add_argument("--runs", required=True, help="comma-separated run names (<results>/curves/*.json)")
+    p.add_argument("--runs", required=True, help="comma-separated run names (<results>/[curves/]*.json)")
     p.add_argument("--results", default=RESULTS, help="folder with curves/<run>.json")
     p.add_argument("--work-dir", default="/tmp/mlip-bench", help="where the task's split was written")
     p.add_argument("--json", default=None, help="also write the figures here")
