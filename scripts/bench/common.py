@@ -533,7 +533,9 @@ def parse_marks(text: str | None, budget_min: float) -> list[float]:
 # energies per atom (eV/atom), force components (eV/Å), virials per atom (eV/atom), and for
 # tensors  w_μ · mean((Δμ/N)²) + w_α · mean((Δα/N)²). mlip's loss has the same form except that
 # stress (eV/Å³) replaces the per-atom virial and tensors are not divided by N; worker_mlip.py
-# converts the weights so that both codes minimise the same function (see docs/benchmarks.md).
+# converts the weights so that both codes minimise the same function (see docs/benchmarks.md; under
+# mlip's default loss normalisation this holds for energy, forces and stress, which share one scale,
+# while each tensor block is divided by its own spread; the dipoles task turns the normalisation off).
 # Sources: ethanol/acac/carbon – mace/tools/arg_parser.py defaults of mace-torch 0.3.16 (the
 # README's recipe keeps them); tensors – MACE docs, guide/polarizability.rst; water – the command
 # published with the data, data/water_bulk/README.md; dipoles (EnergyDipolesMACE, energy + forces +
