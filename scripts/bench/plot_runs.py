@@ -21,7 +21,7 @@ from plots import plot_curves
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("files", nargs="+", help="run JSON files (curves.py's output)")
-    p.add_argument("--task", required=True, help="task to plot (ethanol, acac, carbon, tensors, water, dipoles)")
+    p.add_argument("--task", required=True, help="task to plot (e.g. ethanol, tensors, dipoles)")
     p.add_argument("-o", "--output", required=True, help="PNG file")
     args = p.parse_args(argv)
     runs = []
