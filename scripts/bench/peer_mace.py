@@ -329,9 +329,8 @@ def predict_model(model, path: str, device: str, task: str) -> list[dict]:
         batch = inputs.batch(chunk)
         if tensors:
             out = model(batch, training=False, compute_force=False)
-        else:  # EnergyDipolesMACE (dipoles) takes no compute_stress
-            stress = {"compute_stress": True} if task == "carbon" else {}
-            out = model(batch, training=False, compute_force=True, **stress)
+        else:
+            out = model(batch, training=False, compute_force=True, compute_stress=task == "carbon")
         offsets = np.cumsum([0] + [len(a) for a in chunk])
         for k in range(len(chunk)):
             p = {}
