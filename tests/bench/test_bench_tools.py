@@ -330,3 +330,12 @@ def test_committee_removes_the_independent_part_of_the_seeds_errors():
     assert opposite["runs"] == pytest.approx([4.0 / 3**0.5] * 2)  # me·Å: 4 on one of three components
     assert opposite["committee"] == pytest.approx(0.0, abs=1e-9)
     assert opposite["share_removed"] == pytest.approx(1.0)
+
+
+def test_run_refuses_an_unknown_task_in_one_line(capsys, monkeypatch):
+    import run
+
+    monkeypatch.setattr(run, "exit_on_sigterm", lambda: None)  # keep pytest's own SIGTERM handling
+    with pytest.raises(SystemExit):
+        run.main(["curves", "--tasks", "ethanol,dipole"])
+    assert "unknown task(s) dipole; known: ethanol, acac" in capsys.readouterr().err
