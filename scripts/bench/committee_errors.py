@@ -26,20 +26,10 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 RESULTS = os.path.join(os.path.dirname(os.path.dirname(HERE)), "benchmarks", "results")
 sys.path.insert(0, HERE)
 
-from common import load_predictions  # noqa: E402
+from common import final_snapshot, load_predictions  # noqa: E402
 from metrics import errors  # noqa: E402
 
 from data import TARGETS  # noqa: E402
-
-
-def final_prediction_file(run: str, test: str, results: str) -> str:
-    """The prediction file of a run's last snapshot on one test set (the run's JSON in
-    ``<results>/curves/`` or, for the flat folders of benchmarks/results, in ``<results>/``)."""
-    path = os.path.join(results, "curves", f"{run}.json")
-    if not os.path.exists(path):
-        path = os.path.join(results, f"{run}.json")
-    with open(path) as handle:
-        return json.load(handle)["worker"]["snapshots"][-1]["files"][test]
 
 
 def committee(predictions: list[list[dict]]) -> list[dict]:
@@ -86,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     with open(os.path.join(args.work_dir, "data", "splits.json")) as handle:
         split = json.load(handle)["tasks"][args.task]
     refs = load_predictions(split["tests"][args.test]["refs"])
-    predictions = [load_predictions(final_prediction_file(r, args.test, args.results)) for r in runs]
+    predictions = [load_predictions(final_snapshot(r, args.results)["files"][args.test]) for r in runs]
     report = committee_report(predictions, refs, TARGETS[args.task])
     for name, r in report.items():
         runs_text = " / ".join(f"{x:.3g}" for x in r["runs"])

@@ -385,6 +385,16 @@ def save_predictions(path: str, preds: list[dict[str, np.ndarray]]) -> None:
     np.savez_compressed(path, n=np.array(len(preds)), **flat)
 
 
+def final_snapshot(run: str, results: str) -> dict:
+    """The last snapshot entry of a learning-curve run (its ``mark_min``, ``files`` per test set, …),
+    from the run's JSON in ``<results>/curves/`` or, in the flat folders of benchmarks/results, in
+    ``<results>/``."""
+    path = os.path.join(results, "curves", f"{run}.json")
+    if not os.path.exists(path):
+        path = os.path.join(results, f"{run}.json")
+    return read_json(path)["worker"]["snapshots"][-1]
+
+
 def load_predictions(path: str) -> list[dict[str, np.ndarray]]:
     data = np.load(path)
     out: list[dict[str, np.ndarray]] = [{} for _ in range(int(data["n"]))]

@@ -40,7 +40,7 @@ import ase.io
 import numpy as np
 from common import read_json, save_predictions, write_json
 
-TASKS = ("ethanol", "acac", "carbon", "tensors", "water", "dipoles")
+TASKS = ("ethanol", "acac", "carbon", "tensors", "dipoles", "water")  # also the report's order
 
 TARGETS = {
     "ethanol": ["energy", "forces"],

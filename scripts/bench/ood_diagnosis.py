@@ -27,6 +27,9 @@ import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(HERE))
+sys.path.insert(0, HERE)
+
+from common import final_snapshot  # noqa: E402
 
 
 def closest_pairs(atoms) -> dict[tuple[str, str], tuple[float, int, int]]:
@@ -43,8 +46,7 @@ def closest_pairs(atoms) -> dict[tuple[str, str], tuple[float, int, int]]:
 
 def final_predictions(run: str, test: str, results: str) -> tuple[float, dict]:
     """(mark in minutes, predictions on ``test``) of a run's last snapshot."""
-    with open(os.path.join(results, "curves", f"{run}.json")) as handle:
-        snapshot = json.load(handle)["worker"]["snapshots"][-1]
+    snapshot = final_snapshot(run, results)
     return snapshot["mark_min"], np.load(snapshot["files"][test])
 
 

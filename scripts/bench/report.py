@@ -16,6 +16,8 @@ import re
 import numpy as np
 from common import read_json
 
+from data import TASKS
+
 LABELS = {
     "mlip": "mlip",
     "mlip_skin": "mlip, neighbour-list skin",
@@ -413,11 +415,7 @@ def md_curves(runs: list[dict], plots: dict[str, str], md_dir: str, failed: list
     ]
     if any(r.get("smoke") for r in runs):
         lines += ["**SMOKE DATA** (tool test on a few structures): not results.", ""]
-    tasks = [
-        t
-        for t in ("ethanol", "acac", "carbon", "tensors", "dipoles", "water")
-        if any(r["task"] == t for r in runs)
-    ]
+    tasks = [t for t in TASKS if any(r["task"] == t for r in runs)]
     for task in tasks:
         truns = [r for r in runs if r["task"] == task]
         split = truns[0]["split"]

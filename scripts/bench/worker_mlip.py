@@ -176,10 +176,11 @@ def task_config(
         two = mace_equivalent_weights(task, split["train"], "stage_two")
         training["stage_two_start"] = STAGE_TWO_FRACTION if two else None
         training["stage_two_weights"] = two or {}
-        if task == "dipoles":
-            # mlip divides each tensor block's squared error by its own training spread ("scale"),
-            # energy and forces by one shared scale: the energy : forces balance stays MACE's, the
-            # forces : dipole balance would not. The plain loss in label units is MACE's exactly.
+        if "energy" in targets and any("type" in t for t in targets.values()):
+            # energy and tensor targets in one loss (dipoles): mlip divides each tensor block's
+            # squared error by its own training spread ("scale"), energy and forces by one shared
+            # scale, so the energy : forces balance stays MACE's but the forces : tensor balance would
+            # not. The plain loss in label units is MACE's exactly.
             training["loss_normalisation"] = "none"
     else:
         for name, t in targets.items():

@@ -308,6 +308,8 @@ def test_dipoles_task_trains_energy_forces_and_dipole_with_equal_losses(tmp_path
     assert targets["dipole"]["weight"] == pytest.approx(100.0 / 9**2)  # ethanol: N = 9
     assert raw["training"]["stage_two_weights"]["energy"] == 1000.0
     assert raw["training"]["loss_normalisation"] == "none"  # else the dipole has its own scale
+    tensors_only, _ = task_config("tensors", tensors, 1.0, [1.0], str(tmp_path / "run"), "cpu", 0)
+    assert tensors_only["training"].get("loss_normalisation", "scale") == "scale"  # as run so far
 
     args = task_args("dipoles", dipoles)
     value = lambda flag: args[args.index(flag) + 1]  # noqa: E731
@@ -339,3 +341,24 @@ def test_run_refuses_an_unknown_task_in_one_line(capsys, monkeypatch):
     with pytest.raises(SystemExit):
         run.main(["curves", "--tasks", "ethanol,dipole"])
     assert "unknown task(s) dipole; known: ethanol, acac" in capsys.readouterr().err
+
+
+def test_final_snapshot_is_found_in_curves_or_in_a_flat_results_folder(tmp_path):
+    """ood_diagnosis.py and committee_errors.py read a run's last snapshot through one lookup."""
+    from ood_diagnosis import final_predictions
+
+    npz = tmp_path / "m10_test.npz"
+    np.savez(npz, n=np.array(1))
+    record = {
+        "worker": {
+            "snapshots": [{"mark_min": 5.0, "files": {}}, {"mark_min": 10.0, "files": {"test": str(npz)}}]
+        }
+    }
+    (tmp_path / "flat").mkdir()
+    (tmp_path / "flat" / "r.json").write_text(json.dumps(record))
+    minutes, predictions = final_predictions("r", "test", str(tmp_path / "flat"))
+    assert minutes == 10.0 and int(predictions["n"]) == 1
+    (tmp_path / "flat" / "curves").mkdir()  # a run in curves/ comes first
+    record["worker"]["snapshots"][-1]["mark_min"] = 60.0
+    (tmp_path / "flat" / "curves" / "r.json").write_text(json.dumps(record))
+    assert final_predictions("r", "test", str(tmp_path / "flat"))[0] == 60.0
