@@ -58,6 +58,7 @@ class ModelConfig:
     update_mlp: bool = True  # False: each layer's update is linear in [h, invariants] (experimental)
     radial_species: int = 0  # > 0: element-pair radial functions (receiver/sender embeddings of this width)
     element_update: bool = False  # + a per-element linear path in each layer's update (experimental)
+    density_messages: bool = False  # layers ≥ 2 also receive the neighbours' densities as l-tensors
 
 
 @dataclass

@@ -89,6 +89,7 @@ def build_model(cfg: Config, stats: DatasetStatistics, specs: list[TargetSpec]) 
             update_mlp=m.update_mlp,
             radial_species=m.radial_species,
             element_update=m.element_update,
+            density_messages=m.density_messages,
         ),
         readout_hidden=m.readout_hidden,
         pair_repulsion={} if m.pair_repulsion else None,

@@ -29,7 +29,14 @@ TOL = 1e-10  # relative, float64: the same arithmetic up to summation order
 def _model(architecture: str) -> MLIPModel:
     extra = {}
     if architecture == "bispectrum+bonds":
-        extra = dict(correlation=3, bond_channels=4, num_layers=3, linear_update=True, radial_species=3)
+        extra = dict(
+            correlation=3,
+            bond_channels=4,
+            num_layers=3,
+            linear_update=True,
+            radial_species=3,
+            density_messages=True,
+        )
     targets = [
         {"name": "energy", "kind": "energy", "key": "energy"},
         {"name": "forces", "kind": "forces", "key": "forces"},

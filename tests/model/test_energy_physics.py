@@ -29,7 +29,8 @@ REL = 1e-10  # relative tolerance of exact symmetries in float64
 # Backbone variants every test runs on: the plain power spectrum, and every optional feature on
 # (bispectrum invariants, bond projections of the previous density, three layers, and the learned
 # short-range pair repulsion of mlip.model.pair, the linear update path and the linear update
-# without MLP, element-pair radial functions, the per-element update path).
+# without MLP, element-pair radial functions, the per-element update path, the neighbours' densities
+# transported into the next layer's density).
 ARCHITECTURES = {
     "power-spectrum": dict(num_layers=2),
     "bispectrum+bonds+pair": dict(
@@ -40,6 +41,7 @@ ARCHITECTURES = {
         update_mlp=False,
         radial_species=3,
         element_update=True,
+        density_messages=True,
     ),
 }
 WITH_PAIR_REPULSION = {"bispectrum+bonds+pair"}
