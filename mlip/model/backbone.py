@@ -17,10 +17,11 @@ Each layer t, for every atom i:
    i–j. They are exact invariants (both factors rotate with the same D^l and carry the same parity)
    and bring the angle k–j–i — hence torsions i–j–k–m across two layers — into i's update.
 
-   With ``model.density_messages`` the neighbours' previous densities also enter i's density
-   itself, transported as the l-tensors they are (the l₂ = 0 path of an equivariant message)::
+   With ``model.density_messages`` (D channels) the neighbours' previous densities also enter i's
+   density itself, transported as the l-tensors they are (the l₂ = 0 path of an equivariant
+   message), compressed to D channels on the way::
 
-       A_i[c, lm] += 1/⟨n⟩ · Σ_c' (Σ_j R'^t_{l c'}(r_ij, …) · A_j[c', lm]) · T^t_{l c' c}
+       A_i[c, lm] += 1/⟨n⟩ · Σ_d (Σ_j R'^t_{l d}(r_ij, …) · (A_j Q^t_l)[d, lm]) · T^t_{l d c}
 
    Each l-block of A_j rotates with D^l and has the parity (−1)^l of Y_l, so the sum is an
    l-tensor of the same kind as the bond part and every invariant below stays exact. The power
@@ -300,8 +301,9 @@ class InteractionLayer(nn.Module):
         element_update: S > 0 adds a linear path with one weight matrix per element of the
             receiving atom, ``W_{z_i} x`` (S elements): as MACE's product-basis weights depend on the
             receiving element, each element gets its own linear function of the invariants.
-        density_messages: add the neighbours' previous densities to the density, transported as
-            l-tensors (see the module docstring; the first layer has no previous density).
+        density_messages: D > 0 adds the neighbours' previous densities, compressed to D channels,
+            to the density, transported as l-tensors (see the module docstring; the first layer
+            has no previous density).
     """
 
     def __init__(
@@ -316,22 +318,25 @@ class InteractionLayer(nn.Module):
         linear_update: bool = False,
         update_mlp: bool = True,
         element_update: int = 0,
-        density_messages: bool = False,
+        density_messages: int = 0,
     ) -> None:
         super().__init__()
         self.channels = channels
         self.lmax = lmax
         self.bond = BondProjection(channels, lmax, bond_channels) if bond_channels > 0 and lmax > 0 else None
         radial_in = num_radial + (lmax * bond_channels if self.bond is not None else 0)
-        # radial functions R_l (bond part) and, with density messages, R'_l (transport part)
-        self.radial_blocks = 2 if density_messages else 1
+        # radial functions R_l (bond part, C channels) and R'_l (transport part, D channels)
+        self.transported = int(density_messages)
         self.radial = mlp(
-            [radial_in, radial_hidden, radial_hidden, self.radial_blocks * (lmax + 1) * channels]
+            [radial_in, radial_hidden, radial_hidden, (lmax + 1) * (channels + self.transported)]
         )
-        # per-l channel mixing T_l of the transported densities (unit-scale start)
-        self.transport: nn.Parameter | None = None
-        if density_messages:
-            self.transport = nn.Parameter(torch.randn(lmax + 1, channels, channels) / channels**0.5)
+        # per-l channel compression Q_l (C → D, before the transport) and expansion T_l (D → C, after)
+        self.compress: nn.Parameter | None = None
+        self.expand: nn.Parameter | None = None
+        if self.transported > 0:
+            d = self.transported
+            self.compress = nn.Parameter(torch.randn(lmax + 1, channels, d) / channels**0.5)
+            self.expand = nn.Parameter(torch.randn(lmax + 1, d, channels) / d**0.5)
         self.neighbour_linear = nn.Linear(channels, channels, bias=False)
         nn.init.normal_(self.neighbour_linear.weight, std=channels**-0.5)
         self.invariants = AngularInvariants(channels, lmax, correlation, bispectrum_channels)
@@ -388,20 +393,20 @@ class InteractionLayer(nn.Module):
         radial_in = edge_radial
         if self.bond is not None and previous_density is not None:
             radial_in = torch.cat([edge_radial, self.bond.per_edge(previous_density, edge_sh, senders)], -1)
-        all_weights = self.radial(radial_in).view(-1, self.radial_blocks, self.lmax + 1, c)
-        weights = all_weights[:, 0]  # [E, L+1, C]
+        all_weights = self.radial(radial_in)
+        weights = all_weights[:, : (self.lmax + 1) * c].view(-1, self.lmax + 1, c)  # [E, L+1, C]
         hj = self.neighbour_linear(h)[senders]  # [E, C]
         if edge_envelope is not None:  # applied to the [E, C] factor: cheaper than to [E, L+1, C]
             hj = hj * edge_envelope.unsqueeze(-1)
         weights = weights * hj.unsqueeze(1)  # [E, L+1, C]: R_l(r_ij) · u(r_ij) · (W h_j)
         messages = weights[:, self.l_of_lm, :] * edge_sh.unsqueeze(-1)  # [E, (L+1)², C]
-        if self.transport is not None and previous_density is not None:
-            transport = all_weights[:, 1]  # [E, L+1, C]: R'_l(r_ij)
-            if edge_envelope is not None:
+        if self.transported > 0 and previous_density is not None:
+            transport = all_weights[:, (self.lmax + 1) * c :].view(-1, self.lmax + 1, self.transported)
+            if edge_envelope is not None:  # R'_l(r_ij) · u(r_ij), [E, L+1, D]
                 transport = transport * edge_envelope.view(-1, 1, 1)
-            moved = previous_density[senders] * transport[:, self.l_of_lm, :]  # [E, (L+1)², C]
-            zeros = torch.zeros(n_atoms, moved.shape[1], c, dtype=h.dtype, device=h.device)
-            messages_sum = self._mixed(zeros.index_add(0, receivers, moved))  # mixed once per atom
+            moved = self._mixed(previous_density, self.compress)[senders] * transport[:, self.l_of_lm, :]
+            zeros = moved.new_zeros(n_atoms, moved.shape[1], self.transported)
+            messages_sum = self._mixed(zeros.index_add(0, receivers, moved), self.expand)
         else:
             messages_sum = None
         density = torch.zeros(n_atoms, messages.shape[1], c, dtype=h.dtype, device=h.device)
@@ -411,12 +416,11 @@ class InteractionLayer(nn.Module):
         density = density * inv_avg_neighbours
         return self._update(h, density, species), density
 
-    def _mixed(self, blocks: torch.Tensor) -> torch.Tensor:
-        """Per-l channel mixing ``[..., (L+1)², C] → [..., (L+1)², C]`` by ``T_l`` (transport part)."""
-        assert self.transport is not None
+    def _mixed(self, blocks: torch.Tensor, weight: torch.Tensor | None) -> torch.Tensor:
+        """Per-l channel mixing ``[..., (L+1)², C_in] → [..., (L+1)², C_out]`` by ``weight[l]``."""
+        assert weight is not None
         return torch.cat(
-            [blocks[..., l * l : (l + 1) * (l + 1), :] @ self.transport[l] for l in range(self.lmax + 1)],
-            dim=-2,
+            [blocks[..., l * l : (l + 1) * (l + 1), :] @ weight[l] for l in range(self.lmax + 1)], dim=-2
         )
 
     def forward_padded(
@@ -432,16 +436,20 @@ class InteractionLayer(nn.Module):
         radial_in = layout.radial
         if self.bond is not None and previous_density is not None:
             radial_in = torch.cat([layout.radial, self.bond.padded(previous_density, layout)], dim=-1)
-        all_weights = self.radial(radial_in).view(n_atoms, k, self.radial_blocks, self.lmax + 1, c)
-        weights = all_weights[:, :, 0]  # R_l per slot
+        all_weights = self.radial(radial_in)
+        weights = all_weights[..., : (self.lmax + 1) * c].view(n_atoms, k, self.lmax + 1, c)  # R_l per slot
         hj = self.neighbour_linear(h)[layout.senders] * layout.envelope.unsqueeze(-1)  # [N, K, C]
         blocks = [torch.bmm(layout.sh_blocks[l], radial * hj) for l, radial in enumerate(weights.unbind(2))]
         density = torch.cat(blocks, dim=1)  # [N, (L+1)², C]
-        if self.transport is not None and previous_density is not None:
-            # empty slots: envelope 0 (their sender index 0 is a real atom)
-            transport = all_weights[:, :, 1] * layout.envelope.view(n_atoms, k, 1, 1)  # [N, K, L+1, C]
-            neighbours = previous_density[layout.senders]  # [N, K, (L+1)², C]
-            density = density + self._mixed((neighbours * transport[:, :, self.l_of_lm, :]).sum(dim=1))
+        if self.transported > 0 and previous_density is not None:
+            # R'_l · u per slot, [N, K, L+1, D]; empty slots: envelope 0 (their sender 0 is a real atom)
+            transport = all_weights[..., (self.lmax + 1) * c :].view(
+                n_atoms, k, self.lmax + 1, self.transported
+            )
+            transport = transport * layout.envelope.view(n_atoms, k, 1, 1)
+            neighbours = self._mixed(previous_density, self.compress)[layout.senders]  # [N, K, (L+1)², D]
+            moved = (neighbours * transport[:, :, self.l_of_lm, :]).sum(dim=1)
+            density = density + self._mixed(moved, self.expand)
         density = density * inv_avg_neighbours
         return self._update(h, density, species), density
 
@@ -483,8 +491,8 @@ class ScalarBackbone(nn.Module):
             element pairs (C–O vs O–H) rather than only through the sender's channels (0 = off).
         linear_update, update_mlp: see :class:`InteractionLayer`.
         element_update: add each layer's per-element linear update path (:class:`InteractionLayer`).
-        density_messages: layers ≥ 2 also receive the neighbours' previous densities, transported
-            as l-tensors (:class:`InteractionLayer`).
+        density_messages: D > 0: layers ≥ 2 also receive the neighbours' previous densities,
+            compressed to D channels and transported as l-tensors (:class:`InteractionLayer`).
 
     Attribute ``allow_padding`` (default True) lets :meth:`forward` take the padded path where it
     wastes little; False always takes the scatter path (what :mod:`mlip.model.export` uses).
@@ -507,7 +515,7 @@ class ScalarBackbone(nn.Module):
         update_mlp: bool = True,
         radial_species: int = 0,
         element_update: bool = False,
-        density_messages: bool = False,
+        density_messages: int = 0,
     ) -> None:
         super().__init__()
         self.lmax = lmax
@@ -531,7 +539,7 @@ class ScalarBackbone(nn.Module):
                 linear_update,
                 update_mlp,
                 num_species if element_update else 0,
-                density_messages and t > 0,
+                int(density_messages) if t > 0 else 0,
             )
             for t in range(num_layers)
         )

@@ -58,7 +58,7 @@ class ModelConfig:
     update_mlp: bool = True  # False: each layer's update is linear in [h, invariants] (experimental)
     radial_species: int = 0  # > 0: element-pair radial functions (receiver/sender embeddings of this width)
     element_update: bool = False  # + a per-element linear path in each layer's update (experimental)
-    density_messages: bool = False  # layers ≥ 2 also receive the neighbours' densities as l-tensors
+    density_messages: int = 0  # > 0: layers ≥ 2 also receive the neighbours' densities (this many channels)
 
 
 @dataclass
@@ -399,6 +399,7 @@ _RANGES: dict[str, tuple[float, bool, float | None]] = {
     "model.bispectrum_channels": (1, True, None),
     "model.bond_channels": (0, True, None),
     "model.radial_species": (0, True, None),
+    "model.density_messages": (0, True, None),
     "training.batch_size": (1, True, None),
     "training.valid_batch_size": (1, True, None),
     "training.max_epochs": (1, True, None),

@@ -59,7 +59,7 @@ def _model() -> MLIPModel:
             avg_num_neighbours=6.0,
             bond_channels=2,
             radial_species=2,
-            density_messages=True,
+            density_messages=4,
         ),
         readout_hidden=8,
     ).double()

@@ -35,7 +35,7 @@ def _model(architecture: str) -> MLIPModel:
             num_layers=3,
             linear_update=True,
             radial_species=3,
-            density_messages=True,
+            density_messages=4,
         )
     targets = [
         {"name": "energy", "kind": "energy", "key": "energy"},

@@ -41,7 +41,7 @@ ARCHITECTURES = {
         update_mlp=False,
         radial_species=3,
         element_update=True,
-        density_messages=True,
+        density_messages=4,
     ),
 }
 WITH_PAIR_REPULSION = {"bispectrum+bonds+pair"}

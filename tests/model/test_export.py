@@ -58,7 +58,7 @@ def _model() -> MLIPModel:
             linear_update=True,
             radial_species=3,
             element_update=True,
-            density_messages=True,
+            density_messages=4,
         ),
         readout_hidden=8,
         pair_repulsion={},

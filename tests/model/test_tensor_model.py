@@ -51,7 +51,7 @@ def make_model(lmax: int = 3, density_couplings: int = 0, **backbone) -> MLIPMod
 @pytest.fixture(scope="module", params=["power-spectrum", "bispectrum+bonds", "density couplings"])
 def model(request) -> MLIPModel:
     if request.param == "bispectrum+bonds":
-        return make_model(correlation=3, bond_channels=4, element_update=True, density_messages=True)
+        return make_model(correlation=3, bond_channels=4, element_update=True, density_messages=4)
     if request.param == "density couplings":
         return make_model(density_couplings=2)
     return make_model()
