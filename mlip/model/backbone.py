@@ -17,11 +17,11 @@ Each layer t, for every atom i:
    i–j. They are exact invariants (both factors rotate with the same D^l and carry the same parity)
    and bring the angle k–j–i — hence torsions i–j–k–m across two layers — into i's update.
 
-   With ``model.density_messages`` (D channels) the neighbours' previous densities also enter i's
-   density itself, transported as the l-tensors they are (the l₂ = 0 path of an equivariant
-   message), compressed to D channels on the way::
+   With ``model.density_messages`` (D channels) the first D channels of the neighbours' previous
+   densities also enter i's density itself, transported as the l-tensors they are (the l₂ = 0 path
+   of an equivariant message) and mixed into all C channels::
 
-       A_i[c, lm] += 1/⟨n⟩ · Σ_d (Σ_j R'^t_{l d}(r_ij, …) · (A_j Q^t_l)[d, lm]) · T^t_{l d c}
+       A_i[c, lm] += 1/⟨n⟩ · Σ_{d<D} (Σ_j R'^t_{l d}(r_ij, …) · A_j[d, lm]) · T^t_{l d c}
 
    Each l-block of A_j rotates with D^l and has the parity (−1)^l of Y_l, so the sum is an
    l-tensor of the same kind as the bond part and every invariant below stays exact. The power
@@ -301,9 +301,9 @@ class InteractionLayer(nn.Module):
         element_update: S > 0 adds a linear path with one weight matrix per element of the
             receiving atom, ``W_{z_i} x`` (S elements): as MACE's product-basis weights depend on the
             receiving element, each element gets its own linear function of the invariants.
-        density_messages: D > 0 adds the neighbours' previous densities, compressed to D channels,
-            to the density, transported as l-tensors (see the module docstring; the first layer
-            has no previous density).
+        density_messages: D > 0 adds the first D channels of the neighbours' previous densities to
+            the density, transported as l-tensors (see the module docstring; the first layer has
+            no previous density).
     """
 
     def __init__(
@@ -326,17 +326,15 @@ class InteractionLayer(nn.Module):
         self.bond = BondProjection(channels, lmax, bond_channels) if bond_channels > 0 and lmax > 0 else None
         radial_in = num_radial + (lmax * bond_channels if self.bond is not None else 0)
         # radial functions R_l (bond part, C channels) and R'_l (transport part, D channels)
-        self.transported = int(density_messages)
+        self.transported = min(int(density_messages), channels)  # D ≤ C
         self.radial = mlp(
             [radial_in, radial_hidden, radial_hidden, (lmax + 1) * (channels + self.transported)]
         )
-        # per-l channel compression Q_l (C → D, before the transport) and expansion T_l (D → C, after)
-        self.compress: nn.Parameter | None = None
-        self.expand: nn.Parameter | None = None
+        # per-l channel mixing T_l (D → C) of the transported densities, after the sum (unit scale)
+        self.transport: nn.Parameter | None = None
         if self.transported > 0:
             d = self.transported
-            self.compress = nn.Parameter(torch.randn(lmax + 1, channels, d) / channels**0.5)
-            self.expand = nn.Parameter(torch.randn(lmax + 1, d, channels) / d**0.5)
+            self.transport = nn.Parameter(torch.randn(lmax + 1, d, channels) / d**0.5)
         self.neighbour_linear = nn.Linear(channels, channels, bias=False)
         nn.init.normal_(self.neighbour_linear.weight, std=channels**-0.5)
         self.invariants = AngularInvariants(channels, lmax, correlation, bispectrum_channels)
@@ -404,9 +402,9 @@ class InteractionLayer(nn.Module):
             transport = all_weights[:, (self.lmax + 1) * c :].view(-1, self.lmax + 1, self.transported)
             if edge_envelope is not None:  # R'_l(r_ij) · u(r_ij), [E, L+1, D]
                 transport = transport * edge_envelope.view(-1, 1, 1)
-            moved = self._mixed(previous_density, self.compress)[senders] * transport[:, self.l_of_lm, :]
+            moved = previous_density[senders, :, : self.transported] * transport[:, self.l_of_lm, :]
             zeros = moved.new_zeros(n_atoms, moved.shape[1], self.transported)
-            messages_sum = self._mixed(zeros.index_add(0, receivers, moved), self.expand)
+            messages_sum = self._mixed(zeros.index_add(0, receivers, moved))  # mixed once per atom
         else:
             messages_sum = None
         density = torch.zeros(n_atoms, messages.shape[1], c, dtype=h.dtype, device=h.device)
@@ -416,11 +414,12 @@ class InteractionLayer(nn.Module):
         density = density * inv_avg_neighbours
         return self._update(h, density, species), density
 
-    def _mixed(self, blocks: torch.Tensor, weight: torch.Tensor | None) -> torch.Tensor:
-        """Per-l channel mixing ``[..., (L+1)², C_in] → [..., (L+1)², C_out]`` by ``weight[l]``."""
-        assert weight is not None
+    def _mixed(self, blocks: torch.Tensor) -> torch.Tensor:
+        """Per-l channel mixing ``[..., (L+1)², D] → [..., (L+1)², C]`` by ``T_l`` (transport part)."""
+        assert self.transport is not None
         return torch.cat(
-            [blocks[..., l * l : (l + 1) * (l + 1), :] @ weight[l] for l in range(self.lmax + 1)], dim=-2
+            [blocks[..., l * l : (l + 1) * (l + 1), :] @ self.transport[l] for l in range(self.lmax + 1)],
+            dim=-2,
         )
 
     def forward_padded(
@@ -447,9 +446,8 @@ class InteractionLayer(nn.Module):
                 n_atoms, k, self.lmax + 1, self.transported
             )
             transport = transport * layout.envelope.view(n_atoms, k, 1, 1)
-            neighbours = self._mixed(previous_density, self.compress)[layout.senders]  # [N, K, (L+1)², D]
-            moved = (neighbours * transport[:, :, self.l_of_lm, :]).sum(dim=1)
-            density = density + self._mixed(moved, self.expand)
+            neighbours = previous_density[..., : self.transported][layout.senders]  # [N, K, (L+1)², D]
+            density = density + self._mixed((neighbours * transport[:, :, self.l_of_lm, :]).sum(dim=1))
         density = density * inv_avg_neighbours
         return self._update(h, density, species), density
 
@@ -491,8 +489,8 @@ class ScalarBackbone(nn.Module):
             element pairs (C–O vs O–H) rather than only through the sender's channels (0 = off).
         linear_update, update_mlp: see :class:`InteractionLayer`.
         element_update: add each layer's per-element linear update path (:class:`InteractionLayer`).
-        density_messages: D > 0: layers ≥ 2 also receive the neighbours' previous densities,
-            compressed to D channels and transported as l-tensors (:class:`InteractionLayer`).
+        density_messages: D > 0: layers ≥ 2 also receive the first D channels of the neighbours'
+            previous densities, transported as l-tensors (:class:`InteractionLayer`).
 
     Attribute ``allow_padding`` (default True) lets :meth:`forward` take the padded path where it
     wastes little; False always takes the scatter path (what :mod:`mlip.model.export` uses).
