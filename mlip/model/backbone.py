@@ -398,19 +398,15 @@ class InteractionLayer(nn.Module):
             hj = hj * edge_envelope.unsqueeze(-1)
         weights = weights * hj.unsqueeze(1)  # [E, L+1, C]: R_l(r_ij) · u(r_ij) · (W h_j)
         messages = weights[:, self.l_of_lm, :] * edge_sh.unsqueeze(-1)  # [E, (L+1)², C]
+        density = torch.zeros(n_atoms, messages.shape[1], c, dtype=h.dtype, device=h.device)
+        density = density.index_add(0, receivers, messages)
         if self.transported > 0 and previous_density is not None:
             transport = all_weights[:, (self.lmax + 1) * c :].view(-1, self.lmax + 1, self.transported)
             if edge_envelope is not None:  # R'_l(r_ij) · u(r_ij), [E, L+1, D]
                 transport = transport * edge_envelope.view(-1, 1, 1)
             moved = previous_density[senders, :, : self.transported] * transport[:, self.l_of_lm, :]
-            zeros = moved.new_zeros(n_atoms, moved.shape[1], self.transported)
-            messages_sum = self._mixed(zeros.index_add(0, receivers, moved))  # mixed once per atom
-        else:
-            messages_sum = None
-        density = torch.zeros(n_atoms, messages.shape[1], c, dtype=h.dtype, device=h.device)
-        density = density.index_add(0, receivers, messages)
-        if messages_sum is not None:
-            density = density + messages_sum
+            summed = moved.new_zeros(n_atoms, moved.shape[1], self.transported).index_add(0, receivers, moved)
+            density = density + self._mixed(summed)  # mixed once per atom, after the sum
         density = density * inv_avg_neighbours
         return self._update(h, density, species), density
 
