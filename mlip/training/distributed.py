@@ -39,6 +39,7 @@ from __future__ import annotations
 import datetime
 import inspect
 import os
+import time
 import warnings
 from dataclasses import dataclass
 from typing import Any
@@ -105,8 +106,23 @@ def init(device_setting: str, timeout_minutes: float = 30.0) -> tuple[DistInfo, 
     return info, device
 
 
+def let_backend_threads_finish(seconds: float = 0.2) -> None:
+    """Release the GIL briefly so the backend's worker threads finish disposing of finished work.
+
+    Call it after the last collective and before the process group is destroyed. A gloo worker
+    thread frees each finished collective's work object after the caller's ``wait()`` returned,
+    and that needs the GIL (the work keeps a Python object from the caller's thread-local state).
+    The group's C++ destructor runs with the GIL held and joins those threads, so if it runs
+    while a worker still waits for the GIL, both wait for ever. Seen in the DDP test about once in
+    15 runs (py-spy: ``~ProcessGroupGloo`` → ``thread::join`` against ``~AsyncBarrierWork`` →
+    ``gil_scoped_acquire``); sleeping hands the GIL over.
+    """
+    time.sleep(seconds)
+
+
 def cleanup(info: DistInfo) -> None:
     if info.enabled and info.owns_group and dist.is_initialized():
+        let_backend_threads_finish()
         dist.destroy_process_group()
 
 

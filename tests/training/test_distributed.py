@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import csv
+import datetime
+import gc
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -51,7 +54,13 @@ def _loss_backward(model, graphs, specs):
 
 def _ddp_worker(rank, world_size, init_file, out_dir, result_file):
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size)
+    dist.init_process_group(
+        "gloo",
+        init_method=f"file://{init_file}",
+        rank=rank,
+        world_size=world_size,
+        timeout=datetime.timedelta(seconds=120),  # a lost rank fails the collectives, not the CI job
+    )
     try:
         info, device = distributed.init("cpu")  # reuses the group
         model, graphs, specs = _model_and_graphs(out_dir)
@@ -67,8 +76,23 @@ def _ddp_worker(rank, world_size, init_file, out_dir, result_file):
         if rank == 0:
             torch.save({n: p.grad.clone() for n, p in model.named_parameters()}, result_file)
         distributed.barrier(info)
+        del ddp  # as the trainer does: the reducer holds the group
+        gc.collect()
     finally:
+        distributed.let_backend_threads_finish()
         dist.destroy_process_group()
+
+
+def _spawn(worker, args: tuple, nprocs: int, timeout_s: float = 300.0) -> None:
+    """``mp.spawn`` with a bounded wait: a hung rank fails the test with a message, not the CI job."""
+    context = mp.start_processes(worker, args=args, nprocs=nprocs, join=False, start_method="spawn")
+    deadline = time.monotonic() + timeout_s
+    while not context.join(timeout=2):
+        if time.monotonic() > deadline:
+            alive = [rank for rank, process in enumerate(context.processes) if process.is_alive()]
+            for process in context.processes:
+                process.kill()
+            pytest.fail(f"DDP rank(s) {alive} still running after {timeout_s:.0f} s: a hang")
 
 
 def test_ddp_gradients_equal_single_process_gradients_of_the_global_batch(tmp_path):
@@ -77,7 +101,7 @@ def test_ddp_gradients_equal_single_process_gradients_of_the_global_batch(tmp_pa
     reference = {n: p.grad.clone() for n, p in model.named_parameters()}
     assert all(g is not None for g in reference.values())
     result = tmp_path / "grads.pt"
-    mp.spawn(_ddp_worker, args=(2, str(tmp_path / "init"), tmp_path / "ddp", str(result)), nprocs=2)
+    _spawn(_ddp_worker, (2, str(tmp_path / "init"), tmp_path / "ddp", str(result)), nprocs=2)
     grads = torch.load(result, weights_only=True)
     # The loss is a mean: 2 ranks × 4 structures (each rank's mean, DDP averages the ranks) =
     # one mean over 8 — exactly, since every ethanol structure has 9 atoms.
