@@ -324,6 +324,12 @@ def _validate(cfg: Config, source: str) -> None:
     elif any(i < 0 for i in split):
         raise MLIPError(f"{source}: 'data.valid_split' indices must be ≥ 0 (got {min(split)})")
     _check_ranges(cfg, source)
+    for key in ("density_messages", "bispectrum_channels"):  # subsets of the channels
+        value = getattr(cfg.model, key)
+        if value is not None and value > cfg.model.channels:
+            raise MLIPError(
+                f"{source}: 'model.{key}' ({value}) cannot exceed 'model.channels' ({cfg.model.channels})"
+            )
     _validate_stage_two_and_snapshots(cfg, source)
     for name, tc in cfg.targets.items():
         if tc.weight < 0:

@@ -60,6 +60,14 @@ def test_example_config_loads_with_overrides():
         ({**BASE, "model": {"readout_hidden": 0}}, "'model.readout_hidden' must be ≥ 1"),
         ({**BASE, "model": {"radial_species": -2}}, "'model.radial_species' must be ≥ 0"),
         (
+            {**BASE, "model": {"channels": 32, "density_messages": 64}},
+            "'model.density_messages' (64) cannot exceed 'model.channels' (32)",
+        ),
+        (
+            {**BASE, "model": {"bispectrum_channels": 65}},
+            "'model.bispectrum_channels' (65) cannot exceed 'model.channels' (64)",
+        ),
+        (
             {**BASE, "model": {"lmax": 0}, "targets": {"energy": {}, "mu": {"type": "vector"}}},
             "'model.lmax' must be ≥ 1 with tensor targets (mu)",
         ),
