@@ -248,6 +248,21 @@ class AngularInvariants(nn.Module):
         return out
 
 
+TRANSPORT_RADIAL_FORMS = ("mlp", "shared", "linear")
+
+
+def per_l_linear(blocks: torch.Tensor, weights: torch.Tensor, first_l: int = 0) -> list[torch.Tensor]:
+    """Channel mixing per angular momentum: ``[..., (L+1)², C_in]`` with ``weights[l - first_l]``
+    ``[C_in, C_out]`` → one ``[..., 2l+1, C_out]`` block per l = first_l .. first_l + len(weights) − 1.
+
+    The same matrix acts on every m of an l, so the blocks stay l-tensors (equivariant).
+    """
+    return [
+        blocks[..., l * l : (l + 1) * (l + 1), :] @ weights[l - first_l]
+        for l in range(first_l, first_l + weights.shape[0])
+    ]
+
+
 class BondProjection(nn.Module):
     """Bond projections ``s_ij[c', l] = Σ_m (A_j P_l)[c', lm] Y_lm(r̂_ij) / √(2l+1)``, l = 1..L.
 
@@ -262,9 +277,7 @@ class BondProjection(nn.Module):
 
     def compressed(self, density: torch.Tensor) -> list[torch.Tensor]:
         """Per atom and l ≥ 1: ``(A P_l)`` ``[N, 2l+1, C']``."""
-        return [
-            density[:, l * l : (l + 1) * (l + 1), :] @ self.compress[l - 1] for l in range(1, self.lmax + 1)
-        ]
+        return per_l_linear(density, self.compress, first_l=1)
 
     def padded(self, density: torch.Tensor, layout: PaddedEdges) -> torch.Tensor:
         """``[N, K, L·C']`` on the padded layout (zeros in empty slots: their Y are zero)."""
@@ -304,6 +317,9 @@ class InteractionLayer(nn.Module):
         density_messages: D > 0 adds the first D channels of the neighbours' previous densities to
             the density, transported as l-tensors (see the module docstring; the first layer has
             no previous density).
+        density_message_radial: how the transport's radial functions R'_ld(r) are made: ``mlp``
+            (a second output block of the radial MLP), ``shared`` (the bond part's R_l of the first
+            D channels: no extra radial outputs) or ``linear`` (a linear map of the radial inputs).
     """
 
     def __init__(
@@ -319,17 +335,24 @@ class InteractionLayer(nn.Module):
         update_mlp: bool = True,
         element_update: int = 0,
         density_messages: int = 0,
+        density_message_radial: str = "mlp",
     ) -> None:
         super().__init__()
+        if density_message_radial not in TRANSPORT_RADIAL_FORMS:
+            raise ValueError(f"density_message_radial must be one of {TRANSPORT_RADIAL_FORMS}")
         self.channels = channels
         self.lmax = lmax
         self.bond = BondProjection(channels, lmax, bond_channels) if bond_channels > 0 and lmax > 0 else None
         radial_in = num_radial + (lmax * bond_channels if self.bond is not None else 0)
         # radial functions R_l (bond part, C channels) and R'_l (transport part, D channels)
         self.transported = min(int(density_messages), channels)  # D ≤ C
-        self.radial = mlp(
-            [radial_in, radial_hidden, radial_hidden, (lmax + 1) * (channels + self.transported)]
-        )
+        self.transport_radial_form = density_message_radial
+        extra = self.transported if density_message_radial == "mlp" else 0
+        self.radial = mlp([radial_in, radial_hidden, radial_hidden, (lmax + 1) * (channels + extra)])
+        self.transport_radial: nn.Linear | None = None
+        if self.transported > 0 and density_message_radial == "linear":
+            self.transport_radial = nn.Linear(radial_in, (lmax + 1) * self.transported, bias=False)
+            nn.init.normal_(self.transport_radial.weight, std=radial_in**-0.5)
         # per-l channel mixing T_l (D → C) of the transported densities, after the sum (unit scale)
         self.transport: nn.Parameter | None = None
         if self.transported > 0:
@@ -401,7 +424,7 @@ class InteractionLayer(nn.Module):
         density = torch.zeros(n_atoms, messages.shape[1], c, dtype=h.dtype, device=h.device)
         density = density.index_add(0, receivers, messages)
         if self.transported > 0 and previous_density is not None:
-            transport = all_weights[:, (self.lmax + 1) * c :].view(-1, self.lmax + 1, self.transported)
+            transport = self._transport_radial(radial_in, all_weights)  # [E, L+1, D]
             if edge_envelope is not None:  # R'_l(r_ij) · u(r_ij), [E, L+1, D]
                 transport = transport * edge_envelope.view(-1, 1, 1)
             moved = previous_density[senders, :, : self.transported] * transport[:, self.l_of_lm, :]
@@ -410,13 +433,20 @@ class InteractionLayer(nn.Module):
         density = density * inv_avg_neighbours
         return self._update(h, density, species), density
 
+    def _transport_radial(self, radial_in: torch.Tensor, all_weights: torch.Tensor) -> torch.Tensor:
+        """R'_ld of every edge (or padded slot), ``[..., L+1, D]``, before the envelope."""
+        c, d = self.channels, self.transported
+        if self.transport_radial_form == "mlp":
+            return all_weights[..., (self.lmax + 1) * c :].unflatten(-1, (self.lmax + 1, d))
+        if self.transport_radial_form == "shared":
+            return all_weights[..., : (self.lmax + 1) * c].unflatten(-1, (self.lmax + 1, c))[..., :d]
+        assert self.transport_radial is not None
+        return self.transport_radial(radial_in).unflatten(-1, (self.lmax + 1, d))
+
     def _mixed(self, blocks: torch.Tensor) -> torch.Tensor:
         """Per-l channel mixing ``[..., (L+1)², D] → [..., (L+1)², C]`` by ``T_l`` (transport part)."""
         assert self.transport is not None
-        return torch.cat(
-            [blocks[..., l * l : (l + 1) * (l + 1), :] @ self.transport[l] for l in range(self.lmax + 1)],
-            dim=-2,
-        )
+        return torch.cat(per_l_linear(blocks, self.transport), dim=-2)
 
     def forward_padded(
         self,
@@ -438,9 +468,7 @@ class InteractionLayer(nn.Module):
         density = torch.cat(blocks, dim=1)  # [N, (L+1)², C]
         if self.transported > 0 and previous_density is not None:
             # R'_l · u per slot, [N, K, L+1, D]; empty slots: envelope 0 (their sender 0 is a real atom)
-            transport = all_weights[..., (self.lmax + 1) * c :].view(
-                n_atoms, k, self.lmax + 1, self.transported
-            )
+            transport = self._transport_radial(radial_in, all_weights)  # [N, K, L+1, D]
             transport = transport * layout.envelope.view(n_atoms, k, 1, 1)
             neighbours = previous_density[..., : self.transported][layout.senders]  # [N, K, (L+1)², D]
             density = density + self._mixed((neighbours * transport[:, :, self.l_of_lm, :]).sum(dim=1))
@@ -487,6 +515,7 @@ class ScalarBackbone(nn.Module):
         element_update: add each layer's per-element linear update path (:class:`InteractionLayer`).
         density_messages: D > 0: layers ≥ 2 also receive the first D channels of the neighbours'
             previous densities, transported as l-tensors (:class:`InteractionLayer`).
+        density_message_radial: the transport's radial functions (:class:`InteractionLayer`).
 
     Attribute ``allow_padding`` (default True) lets :meth:`forward` take the padded path where it
     wastes little; False always takes the scatter path (what :mod:`mlip.model.export` uses).
@@ -510,6 +539,7 @@ class ScalarBackbone(nn.Module):
         radial_species: int = 0,
         element_update: bool = False,
         density_messages: int = 0,
+        density_message_radial: str = "mlp",
     ) -> None:
         super().__init__()
         self.lmax = lmax
@@ -534,6 +564,7 @@ class ScalarBackbone(nn.Module):
                 update_mlp,
                 num_species if element_update else 0,
                 int(density_messages) if t > 0 else 0,
+                density_message_radial,
             )
             for t in range(num_layers)
         )

@@ -59,6 +59,7 @@ class ModelConfig:
     radial_species: int = 0  # > 0: element-pair radial functions (receiver/sender embeddings of this width)
     element_update: bool = False  # + a per-element linear path in each layer's update (experimental)
     density_messages: int = 0  # > 0: layers ≥ 2 also receive the neighbours' densities (this many channels)
+    density_message_radial: str = "mlp"  # their radial functions: mlp | shared (the bond part's) | linear
 
 
 @dataclass
@@ -301,6 +302,10 @@ def _validate(cfg: Config, source: str) -> None:
         "device": (cfg.device, lambda v: v in ("auto", "cpu", "cuda") or v.startswith("cuda:")),
         "dtype": (cfg.dtype, lambda v: v in ("float32", "float64")),
         "training.optimizer": (cfg.training.optimizer, lambda v: v in ("adam", "adamw")),
+        "model.density_message_radial": (
+            cfg.model.density_message_radial,
+            lambda v: v in ("mlp", "shared", "linear"),
+        ),
         "training.scheduler": (cfg.training.scheduler, lambda v: v in ("plateau", "cosine", "none")),
         "training.loss_normalisation": (cfg.training.loss_normalisation, lambda v: v in ("scale", "none")),
         "logging.wandb_mode": (cfg.logging.wandb_mode, lambda v: v in ("online", "offline", "disabled")),

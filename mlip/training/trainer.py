@@ -90,6 +90,7 @@ def build_model(cfg: Config, stats: DatasetStatistics, specs: list[TargetSpec]) 
             radial_species=m.radial_species,
             element_update=m.element_update,
             density_messages=m.density_messages,
+            density_message_radial=m.density_message_radial,
         ),
         readout_hidden=m.readout_hidden,
         pair_repulsion={} if m.pair_repulsion else None,

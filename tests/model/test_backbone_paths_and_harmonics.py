@@ -45,7 +45,7 @@ def _icosahedron() -> np.ndarray:
     return v / np.linalg.norm(v, axis=1, keepdims=True)
 
 
-def _model() -> MLIPModel:
+def _model(density_message_radial: str = "mlp") -> MLIPModel:
     torch.manual_seed(4)
     model = MLIPModel(
         [1, 6, 8],
@@ -60,6 +60,7 @@ def _model() -> MLIPModel:
             bond_channels=2,
             radial_species=2,
             density_messages=4,
+            density_message_radial=density_message_radial,
         ),
         readout_hidden=8,
     ).double()
@@ -82,9 +83,12 @@ def _run(model, graph, path: str, monkeypatch) -> tuple[dict, bool]:
     return {k: v.detach() for k, v in out.items()}, all(used)
 
 
-@pytest.mark.parametrize("name", ["molecule", "crystal", "star"])
-def test_padded_and_scatter_paths_agree(name, monkeypatch):
-    model = _model()
+@pytest.mark.parametrize(
+    "name, form",
+    [("molecule", "mlp"), ("crystal", "mlp"), ("star", "mlp"), ("crystal", "shared"), ("crystal", "linear")],
+)
+def test_padded_and_scatter_paths_agree(name, form, monkeypatch):
+    model = _model(form)
     graph = atoms_to_graph(_structures()[name], model.cutoff, dtype=torch.float64)
     padded, used_padding = _run(model, graph, "padded", monkeypatch)
     scatter, used_scatter = _run(model, graph, "scatter", monkeypatch)
@@ -92,6 +96,40 @@ def test_padded_and_scatter_paths_agree(name, monkeypatch):
     assert padded["forces"].abs().max() > 1e-5  # non-trivial (the star sits near the cutoff)
     torch.testing.assert_close(padded["energy"], scatter["energy"], rtol=1e-12, atol=1e-10)
     torch.testing.assert_close(padded["forces"], scatter["forces"], rtol=1e-10, atol=1e-11)
+
+
+@pytest.mark.parametrize("form", ["shared", "linear"])
+def test_density_message_radial_forms_are_o3_invariant_and_conservative(form):
+    """The cheaper radial functions of the transported densities (the tensor-wide checks in
+    test_energy_physics run the default form): O(3) invariance of the energy, equivariance and
+    finite-difference exactness of the forces, and the transport really contributes."""
+    model = _model(form)
+    atoms = _structures()["molecule"]
+    atoms.rattle(0.05, seed=3)
+
+    def energy_forces(positions: np.ndarray) -> tuple[float, np.ndarray]:
+        moved = atoms.copy()
+        moved.positions = positions
+        graph = atoms_to_graph(moved, model.cutoff, dtype=torch.float64)
+        out = model(Batch.from_data_list([graph]), compute_forces=True)
+        return float(out["energy"].sum()), out["forces"].detach().numpy()
+
+    energy, forces = energy_forces(atoms.positions)
+    q, _ = np.linalg.qr(np.random.default_rng(5).normal(size=(3, 3)))
+    q = q if np.linalg.det(q) < 0 else -q  # a rotation times the inversion
+    energy_q, forces_q = energy_forces(atoms.positions @ q.T)
+    assert energy_q == pytest.approx(energy, rel=1e-10)
+    np.testing.assert_allclose(forces_q, forces @ q.T, rtol=1e-9, atol=1e-11)
+    step = 1e-5
+    for atom, axis in [(0, 0), (2, 1), (5, 2)]:
+        plus, minus = atoms.positions.copy(), atoms.positions.copy()
+        plus[atom, axis] += step
+        minus[atom, axis] -= step
+        numeric = -(energy_forces(plus)[0] - energy_forces(minus)[0]) / (2 * step)
+        assert forces[atom, axis] == pytest.approx(numeric, rel=1e-6, abs=1e-8)
+    with torch.no_grad():
+        model.backbone.layers[1].transport.zero_()
+    assert abs(energy_forces(atoms.positions)[0] - energy) > 1e-6
 
 
 def test_default_path_choice_covers_both():
