@@ -317,9 +317,11 @@ class InteractionLayer(nn.Module):
         density_messages: D > 0 adds the first D channels of the neighbours' previous densities to
             the density, transported as l-tensors (see the module docstring; the first layer has
             no previous density).
-        density_message_radial: how the transport's radial functions R'_ld(r) are made: ``mlp``
-            (a second output block of the radial MLP), ``shared`` (the bond part's R_l of the first
-            D channels: no extra radial outputs) or ``linear`` (a linear map of the radial inputs).
+        density_message_radial: how the transport's radial functions R'_ld(r) are made: ``linear``
+            (a linear map of the radial inputs; the training config's default, the most accurate
+            on small sets), ``mlp`` (a second output block of the radial MLP; the default here so
+            that model files written before the option existed load as they were) or ``shared``
+            (the bond part's R_l of the first D channels).
     """
 
     def __init__(

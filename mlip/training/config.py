@@ -59,7 +59,7 @@ class ModelConfig:
     radial_species: int = 0  # > 0: element-pair radial functions (receiver/sender embeddings of this width)
     element_update: bool = False  # + a per-element linear path in each layer's update (experimental)
     density_messages: int = 0  # > 0: layers ≥ 2 also receive the neighbours' densities (this many channels)
-    density_message_radial: str = "mlp"  # their radial functions: mlp | shared (the bond part's) | linear
+    density_message_radial: str = "linear"  # their radial functions: linear | mlp | shared (the bond part's)
 
 
 @dataclass

@@ -64,6 +64,10 @@ def test_example_config_loads_with_overrides():
             "'model.density_messages' (64) cannot exceed 'model.channels' (32)",
         ),
         (
+            {**BASE, "model": {"density_message_radial": "cubic"}},
+            "'model.density_message_radial' has an invalid value 'cubic'",
+        ),
+        (
             {**BASE, "model": {"bispectrum_channels": 65}},
             "'model.bispectrum_channels' (65) cannot exceed 'model.channels' (64)",
         ),
