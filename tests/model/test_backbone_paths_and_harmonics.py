@@ -20,7 +20,7 @@ from torch_geometric.data import Batch
 
 from mlip.data.graph import atoms_to_graph
 from mlip.model import backbone
-from mlip.model.potential import MLIPModel
+from mlip.model.potential import MLIPModel, load_model, save_model
 from mlip.model.spherical import spherical_harmonics
 from tests.conftest import perturb_weights
 
@@ -99,11 +99,15 @@ def test_padded_and_scatter_paths_agree(name, form, monkeypatch):
 
 
 @pytest.mark.parametrize("form", ["shared", "linear"])
-def test_density_message_radial_forms_are_o3_invariant_and_conservative(form):
-    """The cheaper radial functions of the transported densities (the tensor-wide checks in
-    test_energy_physics run the default form): O(3) invariance of the energy, equivariance and
-    finite-difference exactness of the forces, and the transport really contributes."""
+def test_density_message_radial_forms_are_o3_invariant_and_conservative(form, tmp_path):
+    """The other radial functions of the transported densities (the model-wide checks in
+    test_energy_physics run the class default, ``mlp``): O(3) invariance of the energy,
+    equivariance and finite-difference exactness of the forces, a model file round trip, and the
+    transport really contributes."""
     model = _model(form)
+    save_model(model, str(tmp_path / "model.pt"))
+    reloaded = load_model(str(tmp_path / "model.pt"))
+    assert reloaded.backbone.layers[1].transport_radial_form == form
     atoms = _structures()["molecule"]
     atoms.rattle(0.05, seed=3)
 
@@ -115,6 +119,8 @@ def test_density_message_radial_forms_are_o3_invariant_and_conservative(form):
         return float(out["energy"].sum()), out["forces"].detach().numpy()
 
     energy, forces = energy_forces(atoms.positions)
+    graph = atoms_to_graph(atoms, model.cutoff, dtype=torch.float64)
+    assert float(reloaded(Batch.from_data_list([graph]))["energy"].sum()) == pytest.approx(energy, rel=1e-12)
     q, _ = np.linalg.qr(np.random.default_rng(5).normal(size=(3, 3)))
     q = q if np.linalg.det(q) < 0 else -q  # a rotation times the inversion
     energy_q, forces_q = energy_forces(atoms.positions @ q.T)
