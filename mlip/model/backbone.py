@@ -28,6 +28,8 @@ Each layer t, for every atom i:
    spectrum then holds A_j · Y(r̂_ik) and A_j · A_k: how j's environment is oriented relative to
    i's other bonds and to k's environment, which MACE's equivariant hidden features carry into its
    second layer and the bond projections (one scalar per bond) only partly do.
+   ``model.density_message_lmax`` transports only the blocks l ≤ that value (the rest of A_i keeps
+   its bond part only), which shrinks the per-neighbour gather by (lmax+1)² / (Lt+1)².
 2. contracts the density to rotation invariants: the l=0 density, per channel and per l ≥ 1 a
    channel-mixed power spectrum ``p_i[c, l] = Σ_m A_i[c, lm] · (Σ_c' M^t_{l c c'} A_i[c', lm])``
    (three-body), and with ``correlation: 3`` the bispectrum (four-body) invariants
@@ -322,6 +324,9 @@ class InteractionLayer(nn.Module):
             on small sets), ``mlp`` (a second output block of the radial MLP; the default here so
             that model files written before the option existed load as they were) or ``shared``
             (the bond part's R_l of the first D channels).
+        density_message_lmax: transport only the blocks l ≤ this of the neighbours' densities
+            (None: all, up to ``lmax``); the gather and product per neighbour shrink from
+            (lmax+1)² to (density_message_lmax+1)² components.
     """
 
     def __init__(
@@ -338,10 +343,13 @@ class InteractionLayer(nn.Module):
         element_update: int = 0,
         density_messages: int = 0,
         density_message_radial: str = "mlp",
+        density_message_lmax: int | None = None,
     ) -> None:
         super().__init__()
         if density_message_radial not in TRANSPORT_RADIAL_FORMS:
             raise ValueError(f"density_message_radial must be one of {TRANSPORT_RADIAL_FORMS}")
+        if density_message_lmax is not None and not 0 <= density_message_lmax <= lmax:
+            raise ValueError(f"density_message_lmax must be in [0, lmax={lmax}], got {density_message_lmax}")
         self.channels = channels
         self.lmax = lmax
         self.bond = BondProjection(channels, lmax, bond_channels) if bond_channels > 0 and lmax > 0 else None
@@ -349,17 +357,19 @@ class InteractionLayer(nn.Module):
         # radial functions R_l (bond part, C channels) and R'_l (transport part, D channels)
         self.transported = min(int(density_messages), channels)  # D ≤ C
         self.transport_radial_form = density_message_radial
-        extra = self.transported if density_message_radial == "mlp" else 0
-        self.radial = mlp([radial_in, radial_hidden, radial_hidden, (lmax + 1) * (channels + extra)])
+        self.transport_lmax = lmax if density_message_lmax is None else int(density_message_lmax)
+        transport_ls = self.transport_lmax + 1  # l = 0 .. transport_lmax
+        extra = transport_ls * self.transported if density_message_radial == "mlp" else 0
+        self.radial = mlp([radial_in, radial_hidden, radial_hidden, (lmax + 1) * channels + extra])
         self.transport_radial: nn.Linear | None = None
         if self.transported > 0 and density_message_radial == "linear":
-            self.transport_radial = nn.Linear(radial_in, (lmax + 1) * self.transported, bias=False)
+            self.transport_radial = nn.Linear(radial_in, transport_ls * self.transported, bias=False)
             nn.init.normal_(self.transport_radial.weight, std=radial_in**-0.5)
         # per-l channel mixing T_l (D → C) of the transported densities, after the sum (unit scale)
         self.transport: nn.Parameter | None = None
         if self.transported > 0:
             d = self.transported
-            self.transport = nn.Parameter(torch.randn(lmax + 1, d, channels) / d**0.5)
+            self.transport = nn.Parameter(torch.randn(transport_ls, d, channels) / d**0.5)
         self.neighbour_linear = nn.Linear(channels, channels, bias=False)
         nn.init.normal_(self.neighbour_linear.weight, std=channels**-0.5)
         self.invariants = AngularInvariants(channels, lmax, correlation, bispectrum_channels)
@@ -426,29 +436,34 @@ class InteractionLayer(nn.Module):
         density = torch.zeros(n_atoms, messages.shape[1], c, dtype=h.dtype, device=h.device)
         density = density.index_add(0, receivers, messages)
         if self.transported > 0 and previous_density is not None:
-            transport = self._transport_radial(radial_in, all_weights)  # [E, L+1, D]
-            if edge_envelope is not None:  # R'_l(r_ij) · u(r_ij), [E, L+1, D]
+            transport = self._transport_radial(radial_in, all_weights)  # [E, Lt+1, D]
+            if edge_envelope is not None:  # R'_l(r_ij) · u(r_ij), [E, Lt+1, D]
                 transport = transport * edge_envelope.view(-1, 1, 1)
-            moved = previous_density[senders, :, : self.transported] * transport[:, self.l_of_lm, :]
-            summed = moved.new_zeros(n_atoms, moved.shape[1], self.transported).index_add(0, receivers, moved)
+            lm = (self.transport_lmax + 1) ** 2
+            moved = previous_density[senders, :lm, : self.transported] * transport[:, self.l_of_lm[:lm], :]
+            summed = moved.new_zeros(n_atoms, lm, self.transported).index_add(0, receivers, moved)
             density = density + self._mixed(summed)  # mixed once per atom, after the sum
         density = density * inv_avg_neighbours
         return self._update(h, density, species), density
 
     def _transport_radial(self, radial_in: torch.Tensor, all_weights: torch.Tensor) -> torch.Tensor:
-        """R'_ld of every edge (or padded slot), ``[..., L+1, D]``, before the envelope."""
-        c, d = self.channels, self.transported
+        """R'_ld of every edge (or padded slot), ``[..., Lt+1, D]`` (Lt = ``transport_lmax``),
+        before the envelope."""
+        c, d, ls = self.channels, self.transported, self.transport_lmax + 1
         if self.transport_radial_form == "mlp":
-            return all_weights[..., (self.lmax + 1) * c :].unflatten(-1, (self.lmax + 1, d))
+            return all_weights[..., (self.lmax + 1) * c :].unflatten(-1, (ls, d))
         if self.transport_radial_form == "shared":
-            return all_weights[..., : (self.lmax + 1) * c].unflatten(-1, (self.lmax + 1, c))[..., :d]
+            return all_weights[..., : (self.lmax + 1) * c].unflatten(-1, (self.lmax + 1, c))[..., :ls, :d]
         assert self.transport_radial is not None
-        return self.transport_radial(radial_in).unflatten(-1, (self.lmax + 1, d))
+        return self.transport_radial(radial_in).unflatten(-1, (ls, d))
 
     def _mixed(self, blocks: torch.Tensor) -> torch.Tensor:
-        """Per-l channel mixing ``[..., (L+1)², D] → [..., (L+1)², C]`` by ``T_l`` (transport part)."""
+        """Per-l channel mixing ``[..., (Lt+1)², D] → [..., (L+1)², C]`` by ``T_l`` (transport part);
+        the blocks above Lt = ``transport_lmax`` are zero."""
         assert self.transport is not None
-        return torch.cat(per_l_linear(blocks, self.transport), dim=-2)
+        mixed = torch.cat(per_l_linear(blocks, self.transport), dim=-2)
+        missing = (self.lmax + 1) ** 2 - mixed.shape[-2]
+        return nn.functional.pad(mixed, (0, 0, 0, missing)) if missing else mixed
 
     def forward_padded(
         self,
@@ -469,11 +484,12 @@ class InteractionLayer(nn.Module):
         blocks = [torch.bmm(layout.sh_blocks[l], radial * hj) for l, radial in enumerate(weights.unbind(2))]
         density = torch.cat(blocks, dim=1)  # [N, (L+1)², C]
         if self.transported > 0 and previous_density is not None:
-            # R'_l · u per slot, [N, K, L+1, D]; empty slots: envelope 0 (their sender 0 is a real atom)
-            transport = self._transport_radial(radial_in, all_weights)  # [N, K, L+1, D]
+            # R'_l · u per slot, [N, K, Lt+1, D]; empty slots: envelope 0 (their sender 0 is a real atom)
+            transport = self._transport_radial(radial_in, all_weights)  # [N, K, Lt+1, D]
             transport = transport * layout.envelope.view(n_atoms, k, 1, 1)
-            neighbours = previous_density[..., : self.transported][layout.senders]  # [N, K, (L+1)², D]
-            density = density + self._mixed((neighbours * transport[:, :, self.l_of_lm, :]).sum(dim=1))
+            lm = (self.transport_lmax + 1) ** 2
+            neighbours = previous_density[:, :lm, : self.transported][layout.senders]  # [N, K, (Lt+1)², D]
+            density = density + self._mixed((neighbours * transport[:, :, self.l_of_lm[:lm], :]).sum(dim=1))
         density = density * inv_avg_neighbours
         return self._update(h, density, species), density
 
@@ -518,6 +534,7 @@ class ScalarBackbone(nn.Module):
         density_messages: D > 0: layers ≥ 2 also receive the first D channels of the neighbours'
             previous densities, transported as l-tensors (:class:`InteractionLayer`).
         density_message_radial: the transport's radial functions (:class:`InteractionLayer`).
+        density_message_lmax: highest l of the transported blocks (None: lmax; :class:`InteractionLayer`).
 
     Attribute ``allow_padding`` (default True) lets :meth:`forward` take the padded path where it
     wastes little; False always takes the scatter path (what :mod:`mlip.model.export` uses).
@@ -542,6 +559,7 @@ class ScalarBackbone(nn.Module):
         element_update: bool = False,
         density_messages: int = 0,
         density_message_radial: str = "mlp",
+        density_message_lmax: int | None = None,
     ) -> None:
         super().__init__()
         self.lmax = lmax
@@ -567,6 +585,7 @@ class ScalarBackbone(nn.Module):
                 num_species if element_update else 0,
                 int(density_messages) if t > 0 else 0,
                 density_message_radial,
+                density_message_lmax,
             )
             for t in range(num_layers)
         )

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import os
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -60,6 +61,7 @@ class ModelConfig:
     element_update: bool = False  # + a per-element linear path in each layer's update (experimental)
     density_messages: int = 0  # > 0: layers ≥ 2 also receive the neighbours' densities (this many channels)
     density_message_radial: str = "linear"  # their radial functions: linear | mlp | shared (the bond part's)
+    density_message_lmax: int | None = None  # transport only the l ≤ this blocks (None: all, up to lmax)
 
 
 @dataclass
@@ -298,21 +300,22 @@ def _build(cls: type, raw: Any, loc: str, source: str) -> Any:
 
 
 def _validate(cfg: Config, source: str) -> None:
-    choices = {
-        "device": (cfg.device, lambda v: v in ("auto", "cpu", "cuda") or v.startswith("cuda:")),
-        "dtype": (cfg.dtype, lambda v: v in ("float32", "float64")),
-        "training.optimizer": (cfg.training.optimizer, lambda v: v in ("adam", "adamw")),
-        "model.density_message_radial": (
-            cfg.model.density_message_radial,
-            lambda v: v in ("mlp", "shared", "linear"),
-        ),
-        "training.scheduler": (cfg.training.scheduler, lambda v: v in ("plateau", "cosine", "none")),
-        "training.loss_normalisation": (cfg.training.loss_normalisation, lambda v: v in ("scale", "none")),
-        "logging.wandb_mode": (cfg.logging.wandb_mode, lambda v: v in ("online", "offline", "disabled")),
+    choices: dict[str, tuple[str, tuple[str, ...]]] = {  # key → (value, allowed values)
+        "device": (cfg.device, ("auto", "cpu", "cuda")),  # or cuda:N
+        "dtype": (cfg.dtype, ("float32", "float64")),
+        "training.optimizer": (cfg.training.optimizer, ("adam", "adamw")),
+        "model.density_message_radial": (cfg.model.density_message_radial, ("linear", "mlp", "shared")),
+        "training.scheduler": (cfg.training.scheduler, ("plateau", "cosine", "none")),
+        "training.loss_normalisation": (cfg.training.loss_normalisation, ("scale", "none")),
+        "logging.wandb_mode": (cfg.logging.wandb_mode, ("online", "offline", "disabled")),
     }
-    for key, (value, ok) in choices.items():
-        if not ok(value):
-            raise MLIPError(f"{source}: '{key}' has an invalid value {value!r}")
+    for key, (value, allowed) in choices.items():
+        if value in allowed or (key == "device" and re.fullmatch(r"cuda:\d+", value)):
+            continue
+        close = difflib.get_close_matches(str(value), allowed, n=1, cutoff=0.6)
+        hint = f"; did you mean '{close[0]}'?" if close else ""
+        listed = ", ".join(allowed + (("cuda:N",) if key == "device" else ()))
+        raise MLIPError(f"{source}: '{key}' has an invalid value {value!r} (allowed: {listed}){hint}")
     if not cfg.data.train_file:
         raise MLIPError(f"{source}: 'data.train_file' is required")
     if not 0.0 <= cfg.data.valid_fraction < 1.0:
@@ -335,6 +338,12 @@ def _validate(cfg: Config, source: str) -> None:
             raise MLIPError(
                 f"{source}: 'model.{key}' ({value}) cannot exceed 'model.channels' ({cfg.model.channels})"
             )
+    transported_lmax = cfg.model.density_message_lmax
+    if transported_lmax is not None and transported_lmax > cfg.model.lmax:
+        raise MLIPError(
+            f"{source}: 'model.density_message_lmax' ({transported_lmax}) cannot exceed 'model.lmax' "
+            f"({cfg.model.lmax})"
+        )
     _validate_stage_two_and_snapshots(cfg, source)
     for name, tc in cfg.targets.items():
         if tc.weight < 0:
@@ -411,6 +420,7 @@ _RANGES: dict[str, tuple[float, bool, float | None]] = {
     "model.bond_channels": (0, True, None),
     "model.radial_species": (0, True, None),
     "model.density_messages": (0, True, None),
+    "model.density_message_lmax": (0, True, None),
     "training.batch_size": (1, True, None),
     "training.valid_batch_size": (1, True, None),
     "training.max_epochs": (1, True, None),

@@ -91,6 +91,7 @@ def build_model(cfg: Config, stats: DatasetStatistics, specs: list[TargetSpec]) 
             element_update=m.element_update,
             density_messages=m.density_messages,
             density_message_radial=m.density_message_radial,
+            density_message_lmax=m.density_message_lmax,
         ),
         readout_hidden=m.readout_hidden,
         pair_repulsion={} if m.pair_repulsion else None,

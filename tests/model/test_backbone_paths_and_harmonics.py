@@ -45,7 +45,7 @@ def _icosahedron() -> np.ndarray:
     return v / np.linalg.norm(v, axis=1, keepdims=True)
 
 
-def _model(density_message_radial: str = "mlp") -> MLIPModel:
+def _model(density_message_radial: str = "mlp", density_message_lmax: int | None = None) -> MLIPModel:
     torch.manual_seed(4)
     model = MLIPModel(
         [1, 6, 8],
@@ -61,6 +61,7 @@ def _model(density_message_radial: str = "mlp") -> MLIPModel:
             radial_species=2,
             density_messages=4,
             density_message_radial=density_message_radial,
+            density_message_lmax=density_message_lmax,
         ),
         readout_hidden=8,
     ).double()
@@ -84,11 +85,19 @@ def _run(model, graph, path: str, monkeypatch) -> tuple[dict, bool]:
 
 
 @pytest.mark.parametrize(
-    "name, form",
-    [("molecule", "mlp"), ("crystal", "mlp"), ("star", "mlp"), ("crystal", "shared"), ("crystal", "linear")],
+    "name, form, transport_lmax",
+    [
+        ("molecule", "mlp", None),
+        ("crystal", "mlp", None),
+        ("star", "mlp", None),
+        ("crystal", "shared", None),
+        ("crystal", "linear", None),
+        ("crystal", "linear", 1),
+        ("molecule", "shared", 0),
+    ],
 )
-def test_padded_and_scatter_paths_agree(name, form, monkeypatch):
-    model = _model(form)
+def test_padded_and_scatter_paths_agree(name, form, transport_lmax, monkeypatch):
+    model = _model(form, transport_lmax)
     graph = atoms_to_graph(_structures()[name], model.cutoff, dtype=torch.float64)
     padded, used_padding = _run(model, graph, "padded", monkeypatch)
     scatter, used_scatter = _run(model, graph, "scatter", monkeypatch)
@@ -98,16 +107,19 @@ def test_padded_and_scatter_paths_agree(name, form, monkeypatch):
     torch.testing.assert_close(padded["forces"], scatter["forces"], rtol=1e-10, atol=1e-11)
 
 
-@pytest.mark.parametrize("form", ["shared", "linear"])
-def test_density_message_radial_forms_are_o3_invariant_and_conservative(form, tmp_path):
-    """The other radial functions of the transported densities (the model-wide checks in
-    test_energy_physics run the class default, ``mlp``): O(3) invariance of the energy,
-    equivariance and finite-difference exactness of the forces, a model file round trip, and the
-    transport really contributes."""
-    model = _model(form)
+@pytest.mark.parametrize(
+    "form, transport_lmax", [("shared", None), ("linear", None), ("linear", 1), ("mlp", 2)]
+)
+def test_density_message_radial_forms_are_o3_invariant_and_conservative(form, transport_lmax, tmp_path):
+    """The other radial functions of the transported densities and the truncated transport
+    (``density_message_lmax``; the model-wide checks in test_energy_physics run the class default,
+    ``mlp`` with every l): O(3) invariance of the energy, equivariance and finite-difference
+    exactness of the forces, a model file round trip, and the transport really contributes."""
+    model = _model(form, transport_lmax)
     save_model(model, str(tmp_path / "model.pt"))
     reloaded = load_model(str(tmp_path / "model.pt"))
     assert reloaded.backbone.layers[1].transport_radial_form == form
+    assert reloaded.backbone.layers[1].transport_lmax == (3 if transport_lmax is None else transport_lmax)
     atoms = _structures()["molecule"]
     atoms.rattle(0.05, seed=3)
 

@@ -36,7 +36,13 @@ def test_example_config_loads_with_overrides():
         ({**BASE, "training": {"lr": "fast"}}, "'training.lr' should be a number"),
         ({**BASE, "training": {"batch_size": 2.5}}, "'training.batch_size' should be an integer"),
         ({**BASE, "resume": "yes"}, "'resume' should be true or false"),
-        ({**BASE, "dtype": "float16"}, "'dtype' has an invalid value"),
+        ({**BASE, "dtype": "float16"}, "'dtype' has an invalid value 'float16' (allowed: float32, float64)"),
+        (
+            {**BASE, "training": {"scheduler": "cosin"}},
+            "(allowed: plateau, cosine, none); did you mean 'cosine'?",
+        ),
+        ({**BASE, "device": "gpu"}, "(allowed: auto, cpu, cuda, cuda:N)"),
+        ({**BASE, "device": "cuda:N"}, "'device' has an invalid value 'cuda:N'"),
         ({**BASE, "targets": {"dipole": {"key": "mu"}}}, "target 'dipole' needs 'type'"),
         ({**BASE, "targets": {"efg": {"type": "spherical", "irreps": [[2, 3]]}}}, "needs 'irreps'"),
         ({**BASE, "targets": {"forces": {"key": "f"}}}, "need an 'energy' target"),
@@ -64,6 +70,11 @@ def test_example_config_loads_with_overrides():
             "'model.density_messages' (64) cannot exceed 'model.channels' (32)",
         ),
         (
+            {**BASE, "model": {"lmax": 2, "density_message_lmax": 3}},
+            "'model.density_message_lmax' (3) cannot exceed 'model.lmax' (2)",
+        ),
+        ({**BASE, "model": {"density_message_lmax": -1}}, "'model.density_message_lmax' must be ≥ 0"),
+        (
             {**BASE, "model": {"density_message_radial": "cubic"}},
             "'model.density_message_radial' has an invalid value 'cubic'",
         ),
@@ -87,6 +98,11 @@ def test_bad_configs_give_one_line_errors(raw, fragment):
         load_config(None, raw=raw)
     assert fragment in str(err.value)
     assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("device", ["auto", "cpu", "cuda", "cuda:0", "cuda:12"])
+def test_device_choices_accept_indexed_cuda(device):
+    assert load_config(None, raw={**BASE, "device": device}).device == device
 
 
 def test_missing_and_invalid_yaml_files(tmp_path):
