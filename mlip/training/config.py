@@ -299,9 +299,16 @@ def _build(cls: type, raw: Any, loc: str, source: str) -> Any:
     return cls(**kwargs)
 
 
+def _matches_choice(value: str, choice: str) -> bool:
+    """``value == choice``; a choice ending in ``:N`` (``cuda:N``) stands for any index ``cuda:0``, …"""
+    if choice.endswith(":N"):
+        return re.fullmatch(re.escape(choice[:-1]) + r"\d+", value) is not None
+    return value == choice
+
+
 def _validate(cfg: Config, source: str) -> None:
     choices: dict[str, tuple[str, tuple[str, ...]]] = {  # key → (value, allowed values)
-        "device": (cfg.device, ("auto", "cpu", "cuda")),  # or cuda:N
+        "device": (cfg.device, ("auto", "cpu", "cuda", "cuda:N")),  # N: a device index
         "dtype": (cfg.dtype, ("float32", "float64")),
         "training.optimizer": (cfg.training.optimizer, ("adam", "adamw")),
         "model.density_message_radial": (cfg.model.density_message_radial, ("linear", "mlp", "shared")),
@@ -310,11 +317,11 @@ def _validate(cfg: Config, source: str) -> None:
         "logging.wandb_mode": (cfg.logging.wandb_mode, ("online", "offline", "disabled")),
     }
     for key, (value, allowed) in choices.items():
-        if value in allowed or (key == "device" and re.fullmatch(r"cuda:\d+", value)):
+        if any(_matches_choice(value, choice) for choice in allowed):
             continue
         close = difflib.get_close_matches(str(value), allowed, n=1, cutoff=0.6)
         hint = f"; did you mean '{close[0]}'?" if close else ""
-        listed = ", ".join(allowed + (("cuda:N",) if key == "device" else ()))
+        listed = ", ".join(allowed)
         raise MLIPError(f"{source}: '{key}' has an invalid value {value!r} (allowed: {listed}){hint}")
     if not cfg.data.train_file:
         raise MLIPError(f"{source}: 'data.train_file' is required")
@@ -332,18 +339,15 @@ def _validate(cfg: Config, source: str) -> None:
     elif any(i < 0 for i in split):
         raise MLIPError(f"{source}: 'data.valid_split' indices must be ≥ 0 (got {min(split)})")
     _check_ranges(cfg, source)
-    for key in ("density_messages", "bispectrum_channels"):  # subsets of the channels
-        value = getattr(cfg.model, key)
-        if value is not None and value > cfg.model.channels:
-            raise MLIPError(
-                f"{source}: 'model.{key}' ({value}) cannot exceed 'model.channels' ({cfg.model.channels})"
-            )
-    transported_lmax = cfg.model.density_message_lmax
-    if transported_lmax is not None and transported_lmax > cfg.model.lmax:
-        raise MLIPError(
-            f"{source}: 'model.density_message_lmax' ({transported_lmax}) cannot exceed 'model.lmax' "
-            f"({cfg.model.lmax})"
-        )
+    # settings that select a subset of another: the channels, or the density's l = 0 .. lmax
+    for key, bound in (
+        ("density_messages", "channels"),
+        ("bispectrum_channels", "channels"),
+        ("density_message_lmax", "lmax"),
+    ):
+        value, limit = getattr(cfg.model, key), getattr(cfg.model, bound)
+        if value is not None and value > limit:
+            raise MLIPError(f"{source}: 'model.{key}' ({value}) cannot exceed 'model.{bound}' ({limit})")
     _validate_stage_two_and_snapshots(cfg, source)
     for name, tc in cfg.targets.items():
         if tc.weight < 0:
