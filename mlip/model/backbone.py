@@ -258,7 +258,7 @@ def gather_rows(source: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
 
     The same values as advanced indexing, through ``index_select``, whose gradient is an
     ``index_add``; advanced indexing's gradient is an accumulating ``index_put``, which on CPU is
-    several times slower and dominated the density messages' cost (profiled: 40 % of an energy +
+    several times slower and dominated the density messages' cost (profiled: 38 % of an energy +
     forces call).
     """
     return source.index_select(0, index.reshape(-1)).unflatten(0, tuple(index.shape))

@@ -4,6 +4,12 @@
         --model base=/tmp/mlip-bench/runs/acac__mlip-medium+w10__10min__s0/run/model.pt \
         --model rs8=/tmp/mlip-bench/runs/acac__mlip-medium+w10rs8__10min__s0/run/model.pt
 
+``--source NAME=DIR`` runs that model with the mlip of another checkout (e.g. ``git worktree add
+/tmp/old REV``), so the same model file can be timed under two commits in one interleaved run:
+
+    python scripts/bench/model_cost.py --data data/acac/train_600K.xyz \
+        --model old=RUN/model.pt --source old=/tmp/old --model new=RUN/model.pt
+
 Energy + forces (autograd) of one prepared batch of ``--batch`` structures from ``--data``, float32,
 ``--threads`` threads, each model in its own worker process (the same serve-mode worker as the
 Pareto timing of ``run.py pareto``). Rounds are interleaved (the order rotates) and the reported
@@ -29,6 +35,9 @@ from run import Worker, interleaved, ratios  # noqa: E402
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", action="append", required=True, help="NAME=PATH of an mlip model file")
+    p.add_argument(
+        "--source", action="append", default=[], help="NAME=DIR: run model NAME with the mlip of checkout DIR"
+    )
     p.add_argument("--data", required=True, help="structures to evaluate (extxyz)")
     p.add_argument("--batch", type=int, default=32, help="structures per call")
     p.add_argument("--threads", type=int, default=2)
@@ -37,10 +46,16 @@ def main() -> int:
     p.add_argument("--json", default=None, help="also write the figures here")
     args = p.parse_args()
     models = dict(spec.split("=", 1) for spec in args.model)
+    sources = dict(spec.split("=", 1) for spec in args.source)
+    unknown = sorted(set(sources) - set(models))
+    if unknown:
+        p.error(f"--source names no --model: {', '.join(unknown)}")
     workers, atoms = {}, {}
     try:
         for name, path in models.items():
-            workers[name] = Worker("mlip", sys.executable, args.threads, "/tmp/mlip-model-cost-logs")
+            workers[name] = Worker(
+                "mlip", sys.executable, args.threads, "/tmp/mlip-model-cost-logs", repo=sources.get(name)
+            )
             workers[name].call("load", model_path=path, device="cpu", dtype="float32")
             atoms[name] = workers[name].call("setup", kind="molecules", n=args.batch, data_path=args.data)[
                 "n_atoms"
@@ -56,6 +71,7 @@ def main() -> int:
         ratio = relative.get(k, {"median": 1.0, "min": 1.0, "max": 1.0})
         out[k] = {
             "model_path": models[k],
+            "mlip_source": os.path.abspath(sources[k]) if k in sources else None,
             "n_atoms": atoms[k],
             "us_per_atom": 1e6 * float(np.median(times)) / atoms[k],
             "ratio_to_first": ratio["median"],

@@ -82,8 +82,17 @@ class Worker:
     """A persistent worker process (one per code) driven over JSON lines."""
 
     def __init__(
-        self, code: str, python: str, threads: int, log_dir: str, extra_env: dict | None = None
+        self,
+        code: str,
+        python: str,
+        threads: int,
+        log_dir: str,
+        extra_env: dict | None = None,
+        repo: str | None = None,
     ) -> None:
+        """``repo``: another checkout whose worker script and mlip to run (default: this one), to
+        time two commits side by side."""
+        repo = os.path.abspath(repo or REPO)
         os.makedirs(log_dir, exist_ok=True)
         self.code = code
         self.log_path = os.path.join(log_dir, f"{code}.log")
@@ -91,15 +100,16 @@ class Worker:
         env = dict(
             os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), **(extra_env or {})
         )
-        env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")  # this checkout's mlip
+        env["PYTHONPATH"] = repo + os.pathsep + env.get("PYTHONPATH", "")  # that checkout's mlip
         env.setdefault("PYTHONWARNINGS", "ignore")
+        script = os.path.join(repo, os.path.relpath(SCRIPTS[code], REPO))
         self.proc = subprocess.Popen(
-            [python, SCRIPTS[code], "serve", "--threads", str(threads)],
+            [python, script, "serve", "--threads", str(threads)],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=self.log,
             text=True,
-            cwd=REPO,
+            cwd=repo,
             env=env,
         )
 

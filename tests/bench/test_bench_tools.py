@@ -362,3 +362,27 @@ def test_final_snapshot_is_found_in_curves_or_in_a_flat_results_folder(tmp_path)
     record["worker"]["snapshots"][-1]["mark_min"] = 60.0
     (tmp_path / "flat" / "curves" / "r.json").write_text(json.dumps(record))
     assert final_predictions("r", "test", str(tmp_path / "flat"))[0] == 60.0
+
+
+def test_a_worker_can_run_another_checkout_for_side_by_side_timing(tmp_path):
+    """``Worker(repo=DIR)`` (``model_cost.py --source``) runs DIR's worker script with DIR's mlip
+    first on the path; without it, this checkout's."""
+    from run import Worker
+
+    script = tmp_path / "scripts" / "bench" / "worker_mlip.py"
+    script.parent.mkdir(parents=True)
+    script.write_text(
+        "import json, os, sys\n"
+        "for line in sys.stdin:\n"
+        "    first = os.environ['PYTHONPATH'].split(os.pathsep)[0]\n"
+        "    reply = {'script': os.path.abspath(__file__), 'path0': first}\n"
+        "    print(json.dumps({'ok': True, 'result': reply}), flush=True)\n"
+        "    if json.loads(line)['cmd'] == 'quit':\n"
+        "        break\n"
+    )
+    worker = Worker("mlip", sys.executable, 1, str(tmp_path / "logs"), repo=str(tmp_path))
+    try:
+        reply = worker.call("info")
+    finally:
+        worker.close()
+    assert reply == {"script": str(script), "path0": str(tmp_path)}
