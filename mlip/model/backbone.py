@@ -186,9 +186,10 @@ class AngularInvariants(nn.Module):
     route what needs four-body resolution into those channels.
 
     The bispectrum is evaluated for all paths at once from the non-zero Clebsch–Gordan entries
-    (98 at L = 3): gather the three factors of every entry, multiply, and sum the entries of each
-    path with one matrix product. Far fewer (and smaller) kernels than a dense contraction per path,
-    which matters most in training, where forces need the second derivative.
+    (98 at L = 3): select the three factors of every entry (products with one-hot matrices),
+    multiply, and sum the entries of each path with one matrix product. Far fewer (and smaller)
+    kernels than a dense contraction per path, which matters most in training, where forces need
+    the second derivative.
     """
 
     def __init__(
@@ -210,8 +211,6 @@ class AngularInvariants(nn.Module):
                 third.append(l3 * l3 + m3)
                 path_of.append(k)
                 weight.append(float(cg[m1, m2, m3]) / (2 * l3 + 1))
-        for name, values in (("first", first), ("second", second), ("third", third)):
-            self.register_buffer(f"_{name}", torch.tensor(values, dtype=torch.long), persistent=False)
         # [entries, paths]: entry weight in its path's column. Kept in float64 and cast per
         # (device, dtype) on use: a buffer would be rounded by a float32 model and stay rounded
         # after .double().
@@ -220,7 +219,15 @@ class AngularInvariants(nn.Module):
             weight, dtype=torch.float64
         )
         self._summation = summation
-        self._cast: dict[tuple[torch.device, torch.dtype], torch.Tensor] = {}
+        # the gathers of the three factors as one-hot matrices [entries, (L+1)²] (first and second
+        # stacked): a matrix product selects exactly, and its gradient is a matrix product too, far
+        # cheaper on CPU than index_select's index_add along the (l, m) axis
+        lm_count = (lmax + 1) ** 2
+        self._select_plain = torch.zeros(2 * len(first), lm_count, dtype=torch.float64)
+        self._select_plain[torch.arange(2 * len(first)), torch.tensor(first + second, dtype=torch.long)] = 1.0
+        self._select_mixed = torch.zeros(len(third), lm_count, dtype=torch.float64)
+        self._select_mixed[torch.arange(len(third)), torch.tensor(third, dtype=torch.long)] = 1.0
+        self._cast: dict[tuple[torch.device, torch.dtype], tuple[torch.Tensor, ...]] = {}
 
     @property
     def width(self) -> int:
@@ -237,16 +244,17 @@ class AngularInvariants(nn.Module):
         if self.paths:
             key = (density.device, density.dtype)
             if key not in self._cast:
-                self._cast[key] = self._summation.to(device=density.device, dtype=density.dtype)
+                self._cast[key] = tuple(
+                    t.to(device=density.device, dtype=density.dtype)
+                    for t in (self._summation, self._select_plain, self._select_mixed)
+                )
+            summation, select_plain, select_mixed = self._cast[key]
             cb = self.bispectrum_channels
             plain = density[..., :cb]
             mixed_all = torch.cat(mixed, dim=1)[..., :cb]  # [N, (L+1)², C_b]
-            product = (
-                plain.index_select(1, self._first)
-                * plain.index_select(1, self._second)
-                * mixed_all.index_select(1, self._third)
-            )  # [N, entries, C_b]
-            out.extend(torch.matmul(self._cast[key].T, product).unbind(1))  # paths, each [N, C_b]
+            first, second = torch.matmul(select_plain, plain).chunk(2, dim=1)  # [N, entries, C_b] each
+            product = first * second * torch.matmul(select_mixed, mixed_all)  # [N, entries, C_b]
+            out.extend(torch.matmul(summation.T, product).unbind(1))  # paths, each [N, C_b]
         return out
 
 
