@@ -222,11 +222,11 @@ class AngularInvariants(nn.Module):
         # the gathers of the three factors as one-hot matrices [entries, (L+1)²] (first and second
         # stacked): a matrix product selects exactly, and its gradient is a matrix product too, far
         # cheaper on CPU than index_select's index_add along the (l, m) axis
-        lm_count = (lmax + 1) ** 2
-        self._select_plain = torch.zeros(2 * len(first), lm_count, dtype=torch.float64)
-        self._select_plain[torch.arange(2 * len(first)), torch.tensor(first + second, dtype=torch.long)] = 1.0
-        self._select_mixed = torch.zeros(len(third), lm_count, dtype=torch.float64)
-        self._select_mixed[torch.arange(len(third)), torch.tensor(third, dtype=torch.long)] = 1.0
+        def one_hot(rows: list[int]) -> torch.Tensor:
+            return nn.functional.one_hot(torch.tensor(rows, dtype=torch.long), (lmax + 1) ** 2).double()
+
+        self._select_plain = one_hot(first + second)
+        self._select_mixed = one_hot(third)
         self._cast: dict[tuple[torch.device, torch.dtype], tuple[torch.Tensor, ...]] = {}
 
     @property
