@@ -219,6 +219,7 @@ class AngularInvariants(nn.Module):
             weight, dtype=torch.float64
         )
         self._summation = summation
+
         # the gathers of the three factors as one-hot matrices [entries, (L+1)²] (first and second
         # stacked): a matrix product selects exactly, and its gradient is a matrix product too, far
         # cheaper on CPU than index_select's index_add along the (l, m) axis
