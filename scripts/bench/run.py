@@ -166,7 +166,7 @@ def train_run(code: str, task: str, budget: float, out: str, args, no_test: bool
     """One training job of ``code`` on ``task`` (subprocess); returns its result.json."""
     from data import prepare
 
-    prepare(REPO, args.work_dir, args.n_train, args.n_valid, args.split_seed, args.smoke)
+    prepare(REPO, args.work_dir, args.n_train, args.n_valid, args.split_seed, args.smoke, args.acac_train)
     splits_path = os.path.join(args.work_dir, "data", "splits.json")
     cmd = [
         python_for(code, args),
@@ -641,6 +641,12 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument("--pareto-atoms", type=int, default=512, help="pareto timing (carbon): diamond cell atoms")
     g.add_argument("--n-train", type=int, default=950, help="ethanol training structures")
     g.add_argument("--n-valid", type=int, default=50, help="ethanol validation structures")
+    g.add_argument(
+        "--acac-train",
+        type=int,
+        default=400,
+        help="acetylacetone: keep the first N of the 400 training structures (same validation and test sets)",
+    )
     g = p.add_argument_group("2. inference")
     g.add_argument("--dtypes", default="float32", help="float32 and/or float64, comma-separated")
     g.add_argument("--molecule-batches", default=None, help="ethanol batch sizes, e.g. 1,32")
@@ -725,7 +731,7 @@ def main(argv: list[str] | None = None) -> int:
 
         from data import prepare
 
-        prepare(REPO, args.work_dir, args.n_train, args.n_valid, args.split_seed, args.smoke)
+        prepare(REPO, args.work_dir, args.n_train, args.n_valid, args.split_seed, args.smoke, args.acac_train)
         os.makedirs(os.path.join(args.results, "curves"), exist_ok=True)
         if args.benchmark == "curves":
             curves.run_curves(args)

@@ -318,6 +318,24 @@ def test_dipoles_task_trains_energy_forces_and_dipole_with_equal_losses(tmp_path
     assert value("--swa_energy_weight") == "1000.0"
 
 
+def test_a_smaller_acac_training_set_keeps_the_same_validation_and_test_sets(tmp_path):
+    import ase.io
+
+    from data import prepare
+
+    full = prepare(str(ROOT), str(tmp_path / "full"), smoke=8)["tasks"]["acac"]
+    small = prepare(str(ROOT), str(tmp_path / "small"), smoke=8, acac_train=5)["tasks"]["acac"]
+    positions = lambda path: [a.positions for a in ase.io.read(path, ":")]  # noqa: E731
+    assert len(positions(small["train"])) == 5 and small["n_train"] == 5
+    assert all(np.array_equal(a, b) for a, b in zip(positions(small["train"]), positions(full["train"])[:5]))
+    for name in ("valid", "test"):
+        assert len(positions(small[name])) == len(positions(full[name])) > 0
+        assert all(np.array_equal(a, b) for a, b in zip(positions(small[name]), positions(full[name])))
+    assert "first 5 of 400" in small["source"] and "of 400" not in full["source"]
+    with pytest.raises(ValueError, match="acac_train"):
+        prepare(str(ROOT), str(tmp_path / "bad"), smoke=8, acac_train=401)
+
+
 def test_committee_removes_the_independent_part_of_the_seeds_errors():
     from committee_errors import committee_report
 
