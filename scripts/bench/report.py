@@ -3,8 +3,9 @@
 ``write_benchmarks_md`` regenerates the tables of BENCHMARKS.md from ``benchmarks/results`` (and
 the figures under ``benchmarks/plots``) and keeps, from the existing file, (a) hand-written notes
 between ``<!-- notes:NAME -->`` and ``<!-- /notes:NAME -->`` markers inside each benchmark section
-and (b) every ``## `` section that is not one of the benchmark sections (e.g. another issue's
-"## Data pipeline (issue 5)"), except the retired ones in ``RETIRED``.
+(b) a hand-written summary between ``<!-- notes:summary -->`` markers in the header (above the
+first section), and (c) every ``## `` section that is not one of the benchmark sections (e.g.
+another issue's "## Data pipeline (issue 5)"), except the retired ones in ``RETIRED``.
 """
 
 from __future__ import annotations
@@ -282,7 +283,7 @@ def write_benchmarks_md(results_dir: str, path: str) -> None:
             results[name] = read_json(p)
     campaign = campaign_sections(results_dir, os.path.dirname(os.path.abspath(path)))
     old = open(path).read() if os.path.exists(path) else ""
-    _, old_sections = _split_sections(old)
+    old_head, old_sections = _split_sections(old)
     old_by_title = dict(old_sections)
     machine = next(iter(results.values()))["machine"] if results else campaign.get("machine", {})
     dates = sorted({r["date"] for r in results.values()} | set(campaign.get("dates", [])))
@@ -312,6 +313,9 @@ def write_benchmarks_md(results_dir: str, path: str) -> None:
         "`benchmarks/plots/`. Settings of every code and their sources: docs/benchmarks.md.",
         "",
     ]
+    summary = _notes(old_head, "summary")
+    if summary:
+        out += [summary, ""]
     for name, title in SECTIONS.items():
         out.append(title)
         out.append("")

@@ -122,7 +122,8 @@ def test_report_rebuild_keeps_hand_written_sections_unchanged(tmp_path):
     results.mkdir()
     path = tmp_path / "BENCHMARKS.md"
     path.write_text(
-        "# Benchmarks\n\n## 6. Accuracy versus inference cost (Pareto fronts)\n\nNot run yet.\n\n"
+        "# Benchmarks\n\n<!-- notes:summary -->\nThe summary, kept.\n<!-- /notes:summary -->\n\n"
+        "## 6. Accuracy versus inference cost (Pareto fronts)\n\nNot run yet.\n\n"
         "<!-- notes:pareto -->\nA note kept by hand.\n<!-- /notes:pareto -->\n\n"
         "## A hand-written section\n\nIts text, kept.\n\n| a | b |\n|---|---|\n| 1 | 2 |\n"
     )
@@ -131,6 +132,7 @@ def test_report_rebuild_keeps_hand_written_sections_unchanged(tmp_path):
     write_benchmarks_md(str(results), str(path))
     assert path.read_text() == first
     assert "A note kept by hand." in first
+    assert first.index("The summary, kept.") < first.index("## 1. Accuracy")  # still in the header
     assert "## A hand-written section\n\nIts text, kept.\n\n| a | b |" in first
 
 
