@@ -162,11 +162,18 @@ def log(msg: str) -> None:
 # ----------------------------------------------------------------------------- training runs
 
 
-def train_run(code: str, task: str, budget: float, out: str, args, no_test: bool = False) -> dict:
-    """One training job of ``code`` on ``task`` (subprocess); returns its result.json."""
+def prepare_splits(args) -> dict:
+    """The data splits that the command-line options ask for (written once under ``--work-dir``)."""
     from data import prepare
 
-    prepare(REPO, args.work_dir, args.n_train, args.n_valid, args.split_seed, args.smoke, args.acac_train)
+    return prepare(
+        REPO, args.work_dir, args.n_train, args.n_valid, args.split_seed, args.smoke, args.acac_train
+    )
+
+
+def train_run(code: str, task: str, budget: float, out: str, args, no_test: bool = False) -> dict:
+    """One training job of ``code`` on ``task`` (subprocess); returns its result.json."""
+    prepare_splits(args)
     splits_path = os.path.join(args.work_dir, "data", "splits.json")
     cmd = [
         python_for(code, args),
@@ -729,9 +736,7 @@ def main(argv: list[str] | None = None) -> int:
     if campaign:
         import curves
 
-        from data import prepare
-
-        prepare(REPO, args.work_dir, args.n_train, args.n_valid, args.split_seed, args.smoke, args.acac_train)
+        prepare_splits(args)
         os.makedirs(os.path.join(args.results, "curves"), exist_ok=True)
         if args.benchmark == "curves":
             curves.run_curves(args)
