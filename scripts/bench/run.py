@@ -693,6 +693,8 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [t for t in args.tasks if t not in TASKS]
     if unknown:
         p.error(f"unknown task(s) {', '.join(unknown)}; known: {', '.join(TASKS)}")
+    if not 1 <= args.acac_train <= 400:
+        p.error(f"--acac-train {args.acac_train}: acetylacetone has 400 training structures (1..400)")
     args.dtypes = [d.strip() for d in args.dtypes.split(",") if d.strip()]
     ints = lambda s: [int(x) for x in s.split(",") if x.strip()]  # noqa: E731
     args.seeds = ints(args.seeds)

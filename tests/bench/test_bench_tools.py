@@ -361,6 +361,9 @@ def test_run_refuses_an_unknown_task_in_one_line(capsys, monkeypatch):
     with pytest.raises(SystemExit):
         run.main(["curves", "--tasks", "ethanol,dipole"])
     assert "unknown task(s) dipole; known: ethanol, acac" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        run.main(["curves", "--tasks", "acac", "--acac-train", "500"])
+    assert "--acac-train 500: acetylacetone has 400 training structures (1..400)" in capsys.readouterr().err
 
 
 def test_final_snapshot_is_found_in_curves_or_in_a_flat_results_folder(tmp_path):
