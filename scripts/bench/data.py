@@ -53,6 +53,7 @@ TARGETS = {
 
 ISOLATED_ATOMS = {"ethanol": "data/ethanol/isolated_atoms.xyz", "acac": "data/acac/isolated_atoms.xyz"}
 
+ACAC_TRAIN = 400  # acetylacetone training structures (of the 300 K set: then 50 valid, 50 test)
 SPLIT_VERSION = 2  # bump when a split changes, so that old split files are rewritten
 
 
@@ -141,7 +142,7 @@ def prepare(
     n_valid: int = 50,
     seed: int = 0,
     smoke: int | None = None,
-    acac_train: int = 400,
+    acac_train: int = ACAC_TRAIN,
 ) -> dict:
     """Write train/valid/test files of every task under ``work/data``; returns their description.
 
@@ -213,17 +214,17 @@ def prepare(
     )
 
     # acetylacetone: 300 K set split 400/50/50, the 600 K set as out-of-distribution test
-    if not 1 <= acac_train <= 400:
-        raise ValueError(f"acac_train must be 1..400, got {acac_train}")
+    if not 1 <= acac_train <= ACAC_TRAIN:
+        raise ValueError(f"acac_train must be 1..{ACAC_TRAIN}, got {acac_train}")
     perm = rng.permutation(500)
     frames = _read(repo, "data/acac/train_300K.xyz", _labels_energy, perm)
     ood = _read(repo, "data/acac/train_600K.xyz", _labels_energy)
-    first = "400" if acac_train == 400 else f"first {acac_train} of 400"
+    first = f"{ACAC_TRAIN}" if acac_train == ACAC_TRAIN else f"first {acac_train} of {ACAC_TRAIN}"
     write(
         "acac",
         frames[:acac_train],
-        frames[400:450],
-        {"test": frames[450:], "test_600K": ood},
+        frames[ACAC_TRAIN : ACAC_TRAIN + 50],
+        {"test": frames[ACAC_TRAIN + 50 :], "test_600K": ood},
         f"data/acac/train_300K.xyz ({first}/50/50, seeded); OOD test: data/acac/train_600K.xyz (500)",
     )
 

@@ -576,6 +576,8 @@ def run_one(name: str, args) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     exit_on_sigterm()  # a terminated run takes its training process with it
+    from data import ACAC_TRAIN, TASKS
+
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("benchmark", choices=["curves", "pareto", *BENCHES, "all", "report"])
     p.add_argument(
@@ -651,8 +653,9 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument(
         "--acac-train",
         type=int,
-        default=400,
-        help="acetylacetone: keep the first N of the 400 training structures (same validation and test sets)",
+        default=ACAC_TRAIN,
+        help=f"acetylacetone: keep the first N of the {ACAC_TRAIN} training structures "
+        "(same validation and test sets)",
     )
     g = p.add_argument_group("2. inference")
     g.add_argument("--dtypes", default="float32", help="float32 and/or float64, comma-separated")
@@ -688,13 +691,14 @@ def main(argv: list[str] | None = None) -> int:
     args.codes = args.codes or ("mlip,mace,metatrain,pet" if campaign else "mlip,mace,metatrain")
     args.codes = [c.strip() for c in args.codes.split(",") if c.strip()]
     args.tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
-    from data import TASKS
-
     unknown = [t for t in args.tasks if t not in TASKS]
     if unknown:
         p.error(f"unknown task(s) {', '.join(unknown)}; known: {', '.join(TASKS)}")
-    if not 1 <= args.acac_train <= 400:
-        p.error(f"--acac-train {args.acac_train}: acetylacetone has 400 training structures (1..400)")
+    if not 1 <= args.acac_train <= ACAC_TRAIN:
+        p.error(
+            f"--acac-train {args.acac_train}: acetylacetone has {ACAC_TRAIN} training structures "
+            f"(1..{ACAC_TRAIN})"
+        )
     args.dtypes = [d.strip() for d in args.dtypes.split(",") if d.strip()]
     ints = lambda s: [int(x) for x in s.split(",") if x.strip()]  # noqa: E731
     args.seeds = ints(args.seeds)
