@@ -9,7 +9,7 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-__all__ = ["MLIPCalculator", "MLIPModel", "load_model", "__version__"]
+__all__ = ["MLIPCalculator", "MLIPCommitteeCalculator", "MLIPModel", "load_model", "__version__"]
 
 
 def __getattr__(name: str):  # lazy imports keep ``import mlip`` fast
@@ -17,6 +17,10 @@ def __getattr__(name: str):  # lazy imports keep ``import mlip`` fast
         from mlip.calculators.ase_calculator import MLIPCalculator
 
         return MLIPCalculator
+    if name == "MLIPCommitteeCalculator":
+        from mlip.calculators.committee import MLIPCommitteeCalculator
+
+        return MLIPCommitteeCalculator
     if name in ("MLIPModel", "load_model"):
         from mlip.model import potential
 

@@ -89,6 +89,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="also write MLIP_polarizability_derivatives (per atom, 27 numbers: dα_ab/dr_c); needs a "
         "polarizability",
     )
+    p.add_argument(
+        "--committee",
+        nargs="+",
+        metavar="MODEL",
+        default=(),
+        help="more models (e.g. other seeds): write the committee's mean under the MLIP_ keys and its "
+        "spread as MLIP_energy_std, MLIP_forces_std (per atom) and MLIP_<tensor>_std",
+    )
 
     p = sub.add_parser(
         "md",
@@ -127,6 +135,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.add_argument("--dtype", default="float64", choices=["float32", "float64"])
     p.add_argument("--no-progress", action="store_true", help="a line per frame instead of a progress bar")
+    p.add_argument(
+        "--committee",
+        nargs="+",
+        metavar="MODEL",
+        default=(),
+        help="more models (e.g. other seeds): follow their mean forces and record their spread "
+        "(MLIP_energy_std, MLIP_forces_std per atom) in every frame",
+    )
 
     p = sub.add_parser(
         "ipi",
@@ -270,6 +286,7 @@ def main(argv: list[str] | None = None) -> int:
                 args.device,
                 args.dtype,
                 progress=not args.no_progress,
+                committee=args.committee,
                 derivatives=[
                     name
                     for name, wanted in (
@@ -303,6 +320,7 @@ def main(argv: list[str] | None = None) -> int:
                 skin=args.skin,
                 progress=not args.no_progress,
                 electric_field=args.electric_field,
+                committee=args.committee,
             )
         elif args.command == "ipi":
             from mlip.cli.ipi import run_ipi

@@ -5,7 +5,9 @@ velocity rescaling thermostat (``csvr``, ASE's ``Bussi``). Every ``--record-ever
 frame is appended to the output and flushed: positions, momenta, ``md_step``, ``time_fs``,
 ``temperature_K`` (info), and the model's predictions under the keys ``mlip predict`` writes
 (``MLIP_energy``, ``MLIP_energies``, ``MLIP_forces``, ``MLIP_stress`` for periodic cells,
-``MLIP_<tensor>``: e.g. ``MLIP_dipole`` and ``MLIP_polarizability`` along the run). A killed run
+``MLIP_<tensor>``: e.g. ``MLIP_dipole`` and ``MLIP_polarizability`` along the run). With
+``--committee MODEL …`` the MD follows the mean of several models and the frames also record their
+spread (``MLIP_energy_std``, ``MLIP_forces_std`` per atom, ``MLIP_<tensor>_std``). A killed run
 leaves the frames written so far; ``--restart OUT.xyz`` continues from its last complete frame
 (positions and momenta; a partly written last frame is dropped) and appends until ``--steps``
 steps in total.
@@ -158,7 +160,18 @@ def _frame(atoms, calc, step: int, timestep_fs: float):
             values[STRESS] = calc.get_property("stress", atoms)
     for name in calc.tensor_names:
         values[name] = calc.get_property(name, atoms)
-    store_predictions(frame, values, {s.name for s in calc.model.target_specs if s.per_atom})
+    per_atom = {s.name for s in calc.model.target_specs if s.per_atom}
+    store_predictions(frame, values, per_atom)
+    if hasattr(calc, "members"):  # a committee: its spread too, under the keys mlip predict writes
+        if calc.has_energy:
+            frame.info["MLIP_energy_std"] = float(calc.get_property("energy_std", atoms))
+            frame.arrays["MLIP_forces_std"] = np.asarray(calc.get_property("forces_std", atoms))
+        for name in calc.tensor_names:
+            spread = np.asarray(calc.get_property(f"{name}_std", atoms))
+            if name in per_atom:
+                frame.arrays[f"MLIP_{name}_std"] = spread.reshape(len(atoms), -1)
+            else:
+                frame.info[f"MLIP_{name}_std"] = spread.reshape(-1)
     return frame
 
 
@@ -194,8 +207,12 @@ def run_md(
     skin: float = 1.0,
     progress: bool = True,
     electric_field: str | None = None,
+    committee: tuple[str, ...] | list[str] = (),
 ) -> None:
-    """Run MD and append a frame to ``output`` every ``record_every`` steps (see the module docstring)."""
+    """Run MD and append a frame to ``output`` every ``record_every`` steps (see the module docstring).
+
+    ``committee``: more model paths; the MD then follows the committee's mean forces and the frames
+    also record its spread (``MLIP_energy_std``, ``MLIP_forces_std``, ``MLIP_<tensor>_std``)."""
     from ase import units
     from tqdm import tqdm
 
@@ -237,7 +254,12 @@ def run_md(
             atoms = atoms.repeat(reps)
         start_step, frames = 0, 0
         rng = np.random.default_rng(seed)
-    calc = MLIPCalculator(model_path, device=device, dtype=dtype, skin=skin)
+    if committee:
+        from mlip.calculators.committee import MLIPCommitteeCalculator
+
+        calc = MLIPCommitteeCalculator([model_path, *committee], device=device, dtype=dtype, skin=skin)
+    else:
+        calc = MLIPCalculator(model_path, device=device, dtype=dtype, skin=skin)
     if not calc.has_energy:
         raise MLIPError(f"{model_path}: the model has no energy target, so it gives no forces for MD")
     try:

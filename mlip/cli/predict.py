@@ -5,7 +5,9 @@ only), ``MLIP_<tensor>`` (info, e.g. ``MLIP_dipole`` 3 numbers, ``MLIP_polarizab
 Per atom: ``MLIP_forces`` (arrays, eV/Å), ``MLIP_energies`` (arrays, eV), per-atom tensors as
 ``MLIP_<name>`` arrays; with ``--born-charges`` ``MLIP_born_charges`` (arrays, 9 numbers per atom,
 ``Z[i, a, b] = ∂μ_a/∂r_{i,b}`` row-major) and with ``--polarizability-derivatives``
-``MLIP_polarizability_derivatives`` (27 numbers per atom, ``∂α_ab/∂r_{i,c}`` row-major). The output
+``MLIP_polarizability_derivatives`` (27 numbers per atom, ``∂α_ab/∂r_{i,c}`` row-major). With
+``--committee`` more models are run and the keys above hold their mean; ``MLIP_energy_std``,
+``MLIP_forces_std`` and ``MLIP_<tensor>_std`` their spread (see :mod:`mlip.calculators.committee`). The output
 is written to a temporary file and renamed at the end, so an interrupted run leaves no partial output.
 """
 
@@ -77,16 +79,24 @@ def run_predict(
     dtype: str,
     progress: bool = True,
     derivatives: tuple[str, ...] | list[str] = (),
+    committee: tuple[str, ...] | list[str] = (),
 ) -> None:
     """Predict every target for every structure of ``data_path`` and write ``output`` (extxyz).
 
     ``derivatives``: also ``born_charges`` / ``polarizability_derivatives`` (per-atom arrays of 9 / 27
-    numbers, see :mod:`mlip.model.derivatives`).
+    numbers, see :mod:`mlip.model.derivatives`). ``committee``: more model paths; then the
+    ``MLIP_`` keys hold the mean over all models, and ``MLIP_energy_std`` (info, eV),
+    ``MLIP_forces_std`` (arrays, per atom ``sqrt(mean_k |F_k − F̄|²)``, eV/Å) and
+    ``MLIP_<tensor>_std`` (element-wise) their spread, as :mod:`mlip.calculators.committee` defines.
     """
     import torch
 
     dev = select_device(device)
-    model = load_model(model_path, dev, torch.float64 if dtype == "float64" else torch.float32)
+    paths = [model_path, *committee]
+    models = [load_model(p, dev, torch.float64 if dtype == "float64" else torch.float32) for p in paths]
+    model = models[0]
+    for path, other in zip(paths[1:], models[1:]):
+        check_same_outputs(paths[0], model, path, other)
     for name in derivatives:
         derivative_source(model, name)  # the model has the dipole / polarizability, else one line
     frames = read_atoms(data_path)
@@ -96,21 +106,68 @@ def run_predict(
         check_structure(normalise_pbc(atoms), where(data_path, i), allowed_numbers=known)
     check_writable(output)
     per_atom = {s.name for s in model.target_specs if s.per_atom} | set(derivatives)
+    # runs[k][i]: model k's predictions for structure i (numpy, float64).
+    runs = [
+        predict_all(m, frames, batch_size, dev, data_path, progress, derivatives, per_atom) for m in models
+    ]
+    for i, atoms in enumerate(frames):
+        members = [run[i] for run in runs]
+        store_predictions(
+            atoms, {name: np.mean([m[name] for m in members], axis=0) for name in members[0]}, per_atom
+        )
+        if len(members) > 1:
+            store_spreads(atoms, members, model.tensor_target_names, per_atom)
+    buffer = io.StringIO()
+    ase.io.write(buffer, frames, format="extxyz")
+    atomic_write_bytes_via(output, lambda handle: handle.write(buffer.getvalue().encode()))
+    what = f" (mean and spread of a committee of {len(models)} models)" if len(models) > 1 else ""
+    print(f"mlip: wrote predictions{what} for {len(frames)} structures to {output}")
+
+
+def predict_all(model, frames, batch_size, device, source, progress, derivatives, per_atom) -> list[dict]:
+    """One model's predictions for every structure: a dict per structure, numpy float64 arrays."""
+    out: list[dict] = []
     batches = predict_batches(
-        model, frames, batch_size, dev, data_path, progress=progress, derivatives=derivatives
+        model, frames, batch_size, device, source, progress=progress, derivatives=derivatives
     )
     for batch, pred, idx in batches:
         ptr = batch.ptr.cpu().numpy()
-        for k, i in enumerate(idx):
+        for k, _ in enumerate(idx):
             lo, hi = ptr[k], ptr[k + 1]
             values = {}
             for name, value in pred.items():
                 if name in (NODE_ENERGY, FORCES) or name in per_atom:
-                    values[name] = value[lo:hi]
+                    values[name] = value[lo:hi].cpu().numpy().astype(np.float64)
                 elif name in (ENERGY, STRESS) or name in model.tensor_target_names:
-                    values[name] = value[k]
-            store_predictions(frames[i], values, per_atom)
-    buffer = io.StringIO()
-    ase.io.write(buffer, frames, format="extxyz")
-    atomic_write_bytes_via(output, lambda handle: handle.write(buffer.getvalue().encode()))
-    print(f"mlip: wrote predictions for {len(frames)} structures to {output}")
+                    values[name] = value[k].cpu().numpy().astype(np.float64)
+            out.append(values)
+    return out
+
+
+def store_spreads(atoms, members: list[dict], tensor_names, per_atom: set[str]) -> None:
+    """Write a committee's spread into ``atoms``: ``MLIP_energy_std`` (eV), ``MLIP_forces_std`` [N]
+    (eV/Å) and ``MLIP_<tensor>_std`` for every tensor target (element-wise, population std)."""
+    n = len(atoms)
+    if ENERGY in members[0]:
+        atoms.info[P + "energy_std"] = float(np.std([m[ENERGY] for m in members]))
+        forces = np.stack([m[FORCES].reshape(n, 3) for m in members])
+        atoms.arrays[P + "forces_std"] = np.sqrt(((forces - forces.mean(0)) ** 2).sum(-1).mean(0))
+    for name in tensor_names:
+        spread = np.std([m[name] for m in members], axis=0)
+        if name in per_atom:
+            atoms.arrays[P + name + "_std"] = spread.reshape(n, -1)
+        else:
+            atoms.info[P + name + "_std"] = spread.reshape(-1)
+
+
+def check_same_outputs(first_path: str, first, path: str, other) -> None:
+    """Raise a one-line error unless two committee models have the same targets and elements."""
+    names = [s.name for s in first.target_specs]
+    if [s.name for s in other.target_specs] != names:
+        have = [s.name for s in other.target_specs]
+        raise MLIPError(f"{path}: committee model predicts {have}, but {first_path} predicts {names}")
+    if set(other.species) != set(first.species):
+        raise MLIPError(
+            f"{path}: committee model knows elements {sorted(other.species)}, but {first_path} knows "
+            f"{sorted(first.species)}"
+        )

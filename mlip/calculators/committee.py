@@ -1,0 +1,116 @@
+"""A committee of models as one ASE calculator: the mean prediction and the members' spread.
+
+>>> from mlip import MLIPCommitteeCalculator
+>>> atoms.calc = MLIPCommitteeCalculator(["seed0/model.pt", "seed1/model.pt", "seed2/model.pt"])
+>>> atoms.get_potential_energy(), atoms.get_forces()     # means over the members
+>>> atoms.calc.get_property("forces_std", atoms)          # [N] eV/Å, disagreement per atom
+
+Models trained with different seeds (or data subsets) err partly independently, so their mean is
+more accurate than a typical member, most of all far from the training data, and their spread says
+where the committee extrapolates: the usual signal for picking new structures to label (active
+learning) or stopping an MD run that left the training distribution. Energy and forces stay
+conservative: the mean energy's negative gradient is the mean of the members' forces.
+
+Results besides the means (``energy``, ``free_energy``, ``energies``, ``forces``, ``stress`` and every
+tensor target, as :class:`~mlip.calculators.ase_calculator.MLIPCalculator` gives them):
+
+- ``energy_std``: standard deviation of the members' energies (eV; population, ``ddof=0``);
+- ``forces_std`` ``[N]``: per atom ``sqrt(mean_k |F_k − F̄|²)`` (eV/Å), the members' force
+  disagreement (its maximum over atoms is the usual active-learning criterion);
+- ``<target>_std``: the element-wise standard deviation of each tensor target (e.g. ``dipole_std``);
+- ``committee_energy`` ``[K]`` (eV) and ``committee_forces`` ``[K, N, 3]`` (eV/Å): each member's.
+
+The cost is one model call per member: a committee of three costs three times one model.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from ase.calculators.calculator import Calculator, all_changes
+
+from mlip.calculators.ase_calculator import MLIPCalculator
+from mlip.errors import MLIPError
+from mlip.model.potential import MLIPModel
+
+# The extra results of a committee of energy models (module docstring).
+_ENERGY_SPREADS = ["energy_std", "forces_std", "committee_energy", "committee_forces"]
+
+
+class MLIPCommitteeCalculator(Calculator):
+    """Mean and spread of several :class:`MLIPCalculator` members (module docstring).
+
+    Args:
+        models: two or more ``model.pt`` paths or :class:`MLIPModel` instances with the same
+            targets and elements (e.g. the same config trained with different seeds).
+        **member_kwargs: passed to every member :class:`MLIPCalculator` (``device``, ``dtype``,
+            ``min_distance``, ``skin``, ``electric_field``).
+    """
+
+    def __init__(self, models: Sequence[str | os.PathLike | MLIPModel], **member_kwargs: Any) -> None:
+        super().__init__()
+        if isinstance(models, (str, os.PathLike, MLIPModel)) or len(models) < 2:
+            raise MLIPError("a committee needs two or more models (a list of model.pt paths or models)")
+        self.members = [MLIPCalculator(model, **member_kwargs) for model in models]
+        first = self.members[0]
+        for k, member in enumerate(self.members[1:], start=1):
+            if member.implemented_properties != first.implemented_properties:
+                raise MLIPError(
+                    f"committee member {k} ({_name(models[k])}) predicts {member.implemented_properties}, "
+                    f"but member 0 ({_name(models[0])}) predicts {first.implemented_properties}"
+                )
+            if set(member.model.species) != set(first.model.species):
+                raise MLIPError(
+                    f"committee member {k} ({_name(models[k])}) knows elements "
+                    f"{sorted(member.model.species)}, but member 0 ({_name(models[0])}) knows "
+                    f"{sorted(first.model.species)}"
+                )
+        self.tensor_names = list(first.tensor_names)
+        self.has_energy = first.has_energy
+        self.model = first.model  # the first member's model: its targets and elements are every member's
+        spreads = (_ENERGY_SPREADS if first.has_energy else []) + [f"{n}_std" for n in self.tensor_names]
+        self.implemented_properties = list(first.implemented_properties) + spreads
+
+    @property
+    def electric_field(self) -> np.ndarray | None:
+        """The members' uniform field ``[3]`` (V/Å), or None; setting it sets every member's."""
+        return self.members[0].electric_field
+
+    @electric_field.setter
+    def electric_field(self, value: Any) -> None:
+        for member in self.members:
+            member.electric_field = value
+        self.reset()
+
+    def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes) -> None:
+        super().calculate(atoms, properties, system_changes)
+        wanted = [p for p in properties if p in self.members[0].implemented_properties]
+        if self.members[0].has_energy and "energy" not in wanted:
+            wanted.append("energy")
+        runs = []
+        for member in self.members:
+            member.calculate(self.atoms, wanted, all_changes)
+            runs.append(member.results)
+        results: dict[str, Any] = {}
+        for name, value in runs[0].items():
+            stack = np.stack([np.asarray(run[name], dtype=np.float64) for run in runs])
+            mean = stack.mean(axis=0)
+            results[name] = float(mean) if np.ndim(value) == 0 else mean
+            if name in self.tensor_names:
+                results[f"{name}_std"] = stack.std(axis=0)
+        if "energy" in results:
+            energies = np.array([run["energy"] for run in runs], dtype=np.float64)
+            forces = np.stack([run["forces"] for run in runs])
+            results["energy_std"] = float(energies.std())
+            results["forces_std"] = np.sqrt(((forces - forces.mean(axis=0)) ** 2).sum(axis=-1).mean(axis=0))
+            results["committee_energy"] = energies
+            results["committee_forces"] = forces
+        self.results = results
+
+
+def _name(model: str | os.PathLike | MLIPModel) -> str:
+    """How an error message names a member: its path, or "an MLIPModel"."""
+    return "an MLIPModel" if isinstance(model, MLIPModel) else str(model)
