@@ -11,6 +11,13 @@ per-structure average of the runs' predictions). Runs that differ only in their 
 that are partly independent; the committee averages that part away, so ``1 − committee / mean
 single run`` is the share of the error that is seed-to-seed variance (what a committee, or a fit
 that varies less between seeds, would remove). Reads only stored files; trains nothing.
+
+For force targets it also asks whether the committee's spread flags its errors, as a user would use
+it (``MLIPCommitteeCalculator``'s ``forces_std``, ``mlip predict --committee``): per structure, the
+spread per force component ``sqrt(mean over atoms, components and members of (F_k − F̄)²)`` (the RMS
+of ``forces_std`` / √3, on the scale of a force RMSE) against the committee's force RMSE, as a rank
+correlation (Spearman) and as the share of the 10 % worst-predicted structures that are among the
+10 % with the largest spread (0.1 by chance, 1 if the spread ranks the errors exactly).
 """
 
 from __future__ import annotations
@@ -60,6 +67,33 @@ def committee_report(predictions: list[list[dict]], refs: list[dict], targets: l
     return out
 
 
+def spread_signal(predictions: list[list[dict]], refs: list[dict], top: float = 0.1) -> dict:
+    """How well the committee's per-structure force spread ranks its per-structure force error.
+
+    Returns ``spearman`` (rank correlation), ``top_overlap`` (share of the ``top`` fraction of
+    structures with the largest error that are also in the ``top`` fraction by spread) and
+    ``rms_spread`` / ``rms_error`` (meV/Å, per force component) over the structures.
+    """
+    spread, error = [], []
+    for i, ref in enumerate(refs):
+        forces = np.stack([run[i]["forces"] for run in predictions])  # [K, N, 3] eV/Å
+        mean = forces.mean(axis=0)
+        spread.append(np.sqrt(((forces - mean) ** 2).mean()))
+        error.append(np.sqrt(((mean - ref["forces"]) ** 2).mean()))
+    spread, error = np.array(spread), np.array(error)
+    ranks = [np.argsort(np.argsort(x)) for x in (spread, error)]
+    n_top = max(1, round(top * len(refs)))
+    worst = set(np.argsort(-error)[:n_top].tolist())
+    flagged = set(np.argsort(-spread)[:n_top].tolist())
+    return {
+        "spearman": float(np.corrcoef(ranks[0], ranks[1])[0, 1]),
+        "top_fraction": top,
+        "top_overlap": len(worst & flagged) / n_top,
+        "rms_spread": float(np.sqrt(np.mean(spread**2)) * 1e3),
+        "rms_error": float(np.sqrt(np.mean(error**2)) * 1e3),
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--task", required=True, choices=list(TARGETS))
@@ -84,9 +118,17 @@ def main(argv: list[str] | None = None) -> int:
             f"{name:22s} runs {runs_text} (mean {r['mean_run']:.3g}) → committee {r['committee']:.3g} "
             f"{r['unit']}: {100 * r['share_removed']:.0f} % removed"
         )
+    signal = spread_signal(predictions, refs) if "forces" in report else None
+    if signal:
+        print(
+            f"force spread as an error signal: Spearman {signal['spearman']:.2f}; of the 10 % worst "
+            f"structures {100 * signal['top_overlap']:.0f} % are in the 10 % with the largest spread; "
+            f"RMS spread {signal['rms_spread']:.3g} against RMS error {signal['rms_error']:.3g} meV/Å"
+        )
     if args.json:
         with open(args.json, "w") as handle:
             record = {"task": args.task, "test": args.test, "runs": runs, "targets": report}
+            record["force_spread_signal"] = signal
             json.dump(record, handle, indent=1)
     return 0
 

@@ -9,7 +9,10 @@ percentile, max); the share of the total squared error from the worst 5 % of str
 without them; and the same split by whether a structure has an atom pair (per element pair) closer
 than any pair of those elements in the training set — the structures where the model extrapolates
 in distance. For the worst structures: the pair, its distance and the force along that bond (reference
-vs prediction; + = pushing the atoms apart).
+vs prediction; + = pushing the atoms apart). Then the force RMSE in four bins of the reference energy
+above the lowest training energy (eV; the bins are the test set's quartiles, and the training set's
+own energy range is printed beside them): how fast each model's error grows as the structures leave
+the energies it was trained on.
 
 Reads only stored files (the runs' prediction .npz, the task's split in --work-dir); trains nothing.
 """
@@ -79,6 +82,16 @@ def diagnose(run: str, minutes: float, pred, refs, closer: np.ndarray) -> dict:
     return out
 
 
+def rmse_by_energy(per_structure: np.ndarray, energy_above: np.ndarray, edges: np.ndarray) -> list[float]:
+    """Force RMSE (RMS of the per-structure RMSEs, equal atom counts) in each bin ``edges[k]..edges[k+1]``
+    of ``energy_above`` (inclusive both ends)."""
+    out = []
+    for lo, hi in zip(edges[:-1], edges[1:]):
+        inside = (energy_above >= lo) & (energy_above <= hi)
+        out.append(float(np.sqrt(np.mean(per_structure[inside] ** 2))))
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--task", default="acac")
@@ -97,7 +110,9 @@ def main(argv: list[str] | None = None) -> int:
     frames = ase.io.read(test["file"], ":")
     refs = np.load(test["refs"])
     train_minimum: dict = {}
-    for atoms in ase.io.read(split["train"], ":"):
+    train_frames = ase.io.read(split["train"], ":")
+    train_energies = np.array([a.info["REF_energy"] for a in train_frames])
+    for atoms in train_frames:
         for key, (d, _, _) in closest_pairs(atoms).items():
             train_minimum[key] = min(train_minimum.get(key, np.inf), d)
     print(
@@ -147,6 +162,16 @@ def main(argv: list[str] | None = None) -> int:
             f"  structure {i}: {s[j]}{j}–{s[n]}{n} {d[n]:.2f} Å (training minimum {train_minimum[key]:.2f}); "
             f"force on {s[j]}{j} along the bond, eV/Å: reference {ref_f[j] @ u:+.2f}, {along}"
         )
+    energy_above = np.array([float(refs[f"{i}/energy"]) for i in range(len(frames))]) - train_energies.min()
+    edges = np.quantile(energy_above, [0.0, 0.25, 0.5, 0.75, 1.0])
+    spans = ", ".join(f"{lo:.2f}–{hi:.2f}" for lo, hi in zip(edges[:-1], edges[1:]))
+    print(
+        f"\nforce RMSE by reference energy above the lowest training energy (quartiles of the test set: "
+        f"{spans} eV; the training set spans 0–{np.ptp(train_energies):.2f} eV)"
+    )
+    for r in report:
+        r["rmse_by_energy_quartile"] = rmse_by_energy(np.array(r["per_structure"]), energy_above, edges)
+        print(f"  {r['run']}: " + " / ".join(f"{x:.1f}" for x in r["rmse_by_energy_quartile"]))
     if args.json:
         with open(args.json, "w") as handle:
             json.dump(
@@ -154,6 +179,8 @@ def main(argv: list[str] | None = None) -> int:
                     "task": args.task,
                     "test": args.test,
                     "train_minimum": {"-".join(k): v for k, v in train_minimum.items()},
+                    "energy_quartile_edges_eV": edges.tolist(),
+                    "train_energy_span_eV": float(np.ptp(train_energies)),
                     "runs": report,
                 },
                 handle,

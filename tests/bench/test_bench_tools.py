@@ -354,6 +354,38 @@ def test_committee_removes_the_independent_part_of_the_seeds_errors():
     assert opposite["share_removed"] == pytest.approx(1.0)
 
 
+def test_committee_spread_signal_ranks_errors_only_when_they_follow_the_spread():
+    from committee_errors import spread_signal
+
+    rng = np.random.default_rng(0)
+    refs = [{"forces": rng.normal(size=(5, 3))} for _ in range(40)]
+    rising = np.linspace(0.01, 0.4, 40)
+    one = np.ones((5, 3))
+
+    def members(error, spread):
+        """Two members whose mean is off by ``error`` and who differ by ± ``spread`` (eV/Å)."""
+        return [
+            [{"forces": r["forces"] + (e + sign * d) * one} for r, e, d in zip(refs, error, spread)]
+            for sign in (1, -1)
+        ]
+
+    follows = spread_signal(members(rising, rising), refs)
+    assert follows["spearman"] == pytest.approx(1.0) and follows["top_overlap"] == 1.0
+    assert follows["rms_spread"] == pytest.approx(follows["rms_error"])
+    reverse = spread_signal(members(rising[::-1], rising), refs)
+    assert reverse["spearman"] == pytest.approx(-1.0) and reverse["top_overlap"] == 0.0
+    assert reverse["rms_error"] == pytest.approx(1e3 * np.sqrt(np.mean(rising**2)))
+
+
+def test_force_rmse_by_energy_bin_keeps_each_structure_in_its_bin():
+    from ood_diagnosis import rmse_by_energy
+
+    per_structure = np.array([1.0, 1.0, 3.0, 4.0, 4.0, 0.0])
+    energy_above = np.array([0.1, 0.2, 0.5, 0.9, 1.0, 0.55])
+    bins = rmse_by_energy(per_structure, energy_above, np.array([0.0, 0.3, 0.6, 1.0]))
+    assert bins == pytest.approx([1.0, np.sqrt(4.5), 4.0])
+
+
 def test_run_refuses_an_unknown_task_in_one_line(capsys, monkeypatch):
     import run
 
