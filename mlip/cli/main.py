@@ -143,6 +143,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="more models (e.g. other seeds): follow their mean forces and record their spread "
         "(MLIP_energy_std, MLIP_forces_std per atom) in every frame",
     )
+    p.add_argument(
+        "--stop-forces-std",
+        type=float,
+        default=None,
+        metavar="EV_PER_A",
+        help="with --committee: stop at the first step where an atom's force spread exceeds this (eV/Å) "
+        "and write that step as the last frame",
+    )
 
     p = sub.add_parser(
         "ipi",
@@ -321,6 +329,7 @@ def main(argv: list[str] | None = None) -> int:
                 progress=not args.no_progress,
                 electric_field=args.electric_field,
                 committee=args.committee,
+                stop_forces_std=args.stop_forces_std,
             )
         elif args.command == "ipi":
             from mlip.cli.ipi import run_ipi

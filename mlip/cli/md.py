@@ -7,7 +7,9 @@ frame is appended to the output and flushed: positions, momenta, ``md_step``, ``
 (``MLIP_energy``, ``MLIP_energies``, ``MLIP_forces``, ``MLIP_stress`` for periodic cells,
 ``MLIP_<tensor>``: e.g. ``MLIP_dipole`` and ``MLIP_polarizability`` along the run). With
 ``--committee MODEL …`` the MD follows the mean of several models and the frames also record their
-spread (``MLIP_energy_std``, ``MLIP_forces_std`` per atom, ``MLIP_<tensor>_std``). A killed run
+spread (``MLIP_energy_std``, ``MLIP_forces_std`` per atom, ``MLIP_<tensor>_std``), and
+``--stop-forces-std X`` ends the run at the first step where an atom's force spread exceeds X eV/Å
+(that step is written as the last frame: a structure to label). A killed run
 leaves the frames written so far; ``--restart OUT.xyz`` continues from its last complete frame
 (positions and momenta; a partly written last frame is dropped) and appends until ``--steps``
 steps in total.
@@ -175,6 +177,14 @@ def _frame(atoms, calc, step: int, timestep_fs: float):
     return frame
 
 
+def _spread_above(calc, atoms, limit: float | None) -> float | None:
+    """The committee's largest per-atom force spread (eV/Å) if it exceeds ``limit``, else None."""
+    if limit is None:
+        return None
+    largest = float(np.max(calc.get_property("forces_std", atoms)))
+    return largest if largest > limit else None
+
+
 def _append(handle, frame) -> None:
     """Append one extxyz frame in a single write and flush it to disk."""
     import ase.io
@@ -208,11 +218,14 @@ def run_md(
     progress: bool = True,
     electric_field: str | None = None,
     committee: tuple[str, ...] | list[str] = (),
+    stop_forces_std: float | None = None,
 ) -> None:
     """Run MD and append a frame to ``output`` every ``record_every`` steps (see the module docstring).
 
     ``committee``: more model paths; the MD then follows the committee's mean forces and the frames
-    also record its spread (``MLIP_energy_std``, ``MLIP_forces_std``, ``MLIP_<tensor>_std``)."""
+    also record its spread (``MLIP_energy_std``, ``MLIP_forces_std``, ``MLIP_<tensor>_std``).
+    ``stop_forces_std`` (eV/Å, needs a committee): stop after the first step at which an atom's force
+    spread exceeds it, and write that step as the last frame."""
     from ase import units
     from tqdm import tqdm
 
@@ -226,6 +239,8 @@ def run_md(
         raise MLIPError(f"--steps must be >= 0 and --record-every >= 1 (got {steps}, {record_every})")
     if not timestep > 0 or not temperature >= 0 or not friction >= 0 or not taut > 0:
         raise MLIPError("--timestep and --taut must be > 0, --temperature and --friction >= 0")
+    if stop_forces_std is not None and not (committee and stop_forces_std > 0):
+        raise MLIPError("--stop-forces-std needs --committee (two or more models) and a value > 0 eV/Å")
     if restart is None and structure is None:
         raise MLIPError("give a STRUCTURE file, or --restart OUT.xyz to continue a run")
     output = output or restart
@@ -294,18 +309,28 @@ def run_md(
     mode = "a" if restart is not None and frames else "w"
     step = start_step
     start = time.perf_counter()
+    stopped = _spread_above(calc, atoms, stop_forces_std)
     with open(output, mode) as handle:
         if restart is None:
             _append(handle, _frame(atoms, calc, step, timestep))
             frames += 1
         bar = tqdm(total=remaining, disable=not progress, desc="md", unit="step")
-        while step < steps:
+        while step < steps and stopped is None:
             n = min(record_every - step % record_every, steps - step)
-            dyn.run(n)
-            step += n
-            bar.update(n)
+            if stop_forces_std is None:
+                dyn.run(n)
+                step += n
+                bar.update(n)
+            else:  # one step at a time, checking the committee's spread after each
+                for _ in range(n):
+                    dyn.run(1)
+                    step += 1
+                    bar.update(1)
+                    stopped = _spread_above(calc, atoms, stop_forces_std)
+                    if stopped is not None:
+                        break
             frame = _frame(atoms, calc, step, timestep)
-            if step % record_every == 0 or step == steps:
+            if step % record_every == 0 or step == steps or stopped is not None:
                 _append(handle, frame)
                 frames += 1
             epot = frame.info.get("MLIP_energy", float("nan"))
@@ -316,9 +341,17 @@ def run_md(
             else:
                 print(f"step {step:8d}  T {t:8.1f} K  Epot {epot:.6f} eV  Etot {etot:.6f} eV", flush=True)
         bar.close()
+    if stopped is not None:
+        print(
+            f"mlip: md: stopped at step {step}: the committee's largest per-atom force spread is "
+            f"{stopped:.4g} eV/Å > --stop-forces-std {stop_forces_std:g} (that step is the last frame of "
+            f"{output})",
+            flush=True,
+        )
     elapsed = time.perf_counter() - start
+    done = step - start_step
     print(
-        f"mlip: md: {remaining} steps of {len(atoms)} atoms in {elapsed:.1f} s "
-        f"({1000 * elapsed / max(remaining, 1):.2f} ms/step); {frames} frames in {output}",
+        f"mlip: md: {done} steps of {len(atoms)} atoms in {elapsed:.1f} s "
+        f"({1000 * elapsed / max(done, 1):.2f} ms/step); {frames} frames in {output}",
         flush=True,
     )

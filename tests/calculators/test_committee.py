@@ -268,3 +268,41 @@ def test_md_follows_the_committee_and_records_its_spread(models, tmp_path, capsy
     potential = np.array([f.info["MLIP_energy"] for f in frames])
     total = potential + np.array([f.get_kinetic_energy() for f in frames])
     assert np.ptp(potential) > 1e-2 and np.ptp(total) < 0.01 * np.ptp(potential)
+
+
+def test_md_stops_at_the_first_step_the_spread_exceeds_the_limit(models, tmp_path, capsys):
+    from mlip.cli.main import main
+
+    paths = []
+    for k, model in enumerate(models):
+        paths.append(str(tmp_path / f"m{k}.pt"))
+        save_model(model, paths[-1])
+    start = tmp_path / "start.xyz"
+    ase.io.write(start, molecule())
+
+    def md(out, *extra):
+        args = ["md", paths[0], str(start), "-o", str(out), "--device", "cpu", "--no-progress", "--ensemble"]
+        args += ["nve", "--steps", "30", "--timestep", "0.5", "--committee", *paths[1:], *extra]
+        return main(args)
+
+    assert md(tmp_path / "all.xyz", "--record-every", "1") == 0
+    largest = np.array([f.arrays["MLIP_forces_std"].max() for f in ase.io.read(tmp_path / "all.xyz", ":")])
+    limit = largest[:11].max()  # not exceeded in the first 10 steps
+    first = int(np.argmax(largest > limit))
+    assert first > 10  # the spread does grow past it later in this run (else the test would be empty)
+    capsys.readouterr()
+    assert md(tmp_path / "stop.xyz", "--record-every", "5", "--stop-forces-std", str(limit)) == 0
+    frames = ase.io.read(tmp_path / "stop.xyz", ":")
+    steps = [f.info["md_step"] for f in frames]
+    assert steps == list(range(0, first, 5)) + [first]
+    assert frames[-1].arrays["MLIP_forces_std"].max() > limit
+    assert f"stopped at step {first}:" in capsys.readouterr().out
+    # Already above the limit at the start: one frame, stopped at step 0.
+    assert md(tmp_path / "now.xyz", "--stop-forces-std", "1e-9") == 0
+    assert [f.info["md_step"] for f in ase.io.read(tmp_path / "now.xyz", ":")] == [0]
+    assert "stopped at step 0:" in capsys.readouterr().out
+    # Without a committee: one line, non-zero exit.
+    args = ["md", paths[0], str(start), "-o", str(tmp_path / "x.xyz"), "--stop-forces-std", "0.1"]
+    assert main(args) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--stop-forces-std needs --committee" in err[0]
