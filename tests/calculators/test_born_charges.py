@@ -25,11 +25,11 @@ TARGETS = [
 ]
 
 
-def tensor_model(targets=TARGETS, seed: int = 0) -> MLIPModel:
+def tensor_model(targets=TARGETS, seed: int = 0, species=(1, 6, 8)) -> MLIPModel:
     """A small random float64 model with dipole and polarizability heads."""
     torch.manual_seed(seed)
     model = MLIPModel(
-        [1, 6, 8],
+        list(species),
         3.5,
         targets=targets,
         backbone=dict(channels=8, lmax=2, num_layers=1, num_radial=4, radial_hidden=8),

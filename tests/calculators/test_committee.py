@@ -17,28 +17,13 @@ from scipy.spatial.transform import Rotation
 from mlip import MLIPCalculator, MLIPCommitteeCalculator
 from mlip.errors import MLIPError
 from mlip.model.potential import MLIPModel, save_model
+from tests.calculators.test_born_charges import TARGETS, tensor_model
 from tests.conftest import perturb_weights
-
-TARGETS = [
-    {"name": "energy", "kind": "energy", "key": "energy"},
-    {"name": "forces", "kind": "forces", "key": "forces"},
-    {"name": "dipole", "kind": "vector", "key": "mu", "irreps": [[1, 1]]},
-    {"name": "polarizability", "kind": "rank2", "key": "alpha", "irreps": [[0, 1], [2, 1]]},
-]
 
 
 def member(seed: int, species=(1, 6, 8), targets=TARGETS) -> MLIPModel:
     """A small random float64 model; different seeds give different (committee-like) models."""
-    torch.manual_seed(seed)
-    model = MLIPModel(
-        list(species),
-        3.5,
-        targets=targets,
-        backbone=dict(channels=8, lmax=2, num_layers=1, num_radial=4, radial_hidden=8),
-        readout_hidden=8,
-        tensor=dict(num_vectors=4, hidden=8),
-    ).double()
-    return perturb_weights(model, 0.2).eval()
+    return tensor_model(targets, seed, species)
 
 
 def molecule() -> Atoms:
@@ -54,11 +39,18 @@ def models() -> list[MLIPModel]:
     return [member(seed) for seed in (0, 1, 2)]
 
 
-def test_means_and_spreads_equal_the_members_run_one_by_one(models, tmp_path):
-    paths = []
-    for k, model in enumerate(models):  # by path, as users load trained models
-        paths.append(str(tmp_path / f"m{k}.pt"))
-        save_model(model, paths[-1])
+@pytest.fixture(scope="module")
+def model_files(models, tmp_path_factory) -> list[str]:
+    """The three members saved as model.pt files, as users load trained models."""
+    folder = tmp_path_factory.mktemp("committee")
+    paths = [str(folder / f"m{k}.pt") for k in range(len(models))]
+    for model, path in zip(models, paths):
+        save_model(model, path)
+    return paths
+
+
+def test_means_and_spreads_equal_the_members_run_one_by_one(models, model_files):
+    paths = model_files
     atoms = molecule()
     atoms.calc = MLIPCommitteeCalculator(paths, device="cpu", dtype="float64")
     singles = []
@@ -179,13 +171,21 @@ def test_bad_committees_give_one_line_errors(models):
         MLIPCommitteeCalculator(models, dtype="float16")
 
 
-def test_predict_writes_the_committee_mean_and_spread(models, tmp_path, capsys):
+def assert_holds_the_committee(written: Atoms, atoms: Atoms, calc, atol: float) -> None:
+    """``written`` (from mlip predict / md) holds the committee's mean and spread at ``atoms``."""
+    atoms.calc = calc
+    assert written.info["MLIP_energy"] == pytest.approx(atoms.get_potential_energy(), abs=atol)
+    np.testing.assert_allclose(written.arrays["MLIP_forces"], atoms.get_forces(), atol=atol)
+    assert written.info["MLIP_energy_std"] == pytest.approx(calc.get_property("energy_std", atoms), abs=atol)
+    np.testing.assert_allclose(
+        written.arrays["MLIP_forces_std"], calc.get_property("forces_std", atoms), atol=atol
+    )
+
+
+def test_predict_writes_the_committee_mean_and_spread(models, model_files, tmp_path, capsys):
     from mlip.cli.main import main
 
-    paths = []
-    for k, model in enumerate(models):
-        paths.append(str(tmp_path / f"m{k}.pt"))
-        save_model(model, paths[-1])
+    paths = model_files
     frames = []
     for shift in (0.0, 0.1, 0.2):
         atoms = molecule()
@@ -198,15 +198,7 @@ def test_predict_writes_the_committee_mean_and_spread(models, tmp_path, capsys):
     assert code == 0 and "committee of 3 models" in capsys.readouterr().out
     calc = MLIPCommitteeCalculator(models, device="cpu", dtype="float64")
     for atoms, written in zip(frames, ase.io.read(out, ":")):
-        atoms.calc = calc
-        assert written.info["MLIP_energy"] == pytest.approx(atoms.get_potential_energy(), abs=1e-8)
-        np.testing.assert_allclose(written.arrays["MLIP_forces"], atoms.get_forces(), atol=1e-8)
-        assert written.info["MLIP_energy_std"] == pytest.approx(
-            calc.get_property("energy_std", atoms), abs=1e-8
-        )
-        np.testing.assert_allclose(
-            written.arrays["MLIP_forces_std"], calc.get_property("forces_std", atoms), atol=1e-8
-        )
+        assert_holds_the_committee(written, atoms, calc, 1e-8)
         for name in ("dipole", "polarizability"):
             np.testing.assert_allclose(
                 written.info[f"MLIP_{name}"], calc.get_property(name, atoms).ravel(), atol=1e-8
@@ -235,13 +227,10 @@ def test_predict_writes_the_committee_mean_and_spread(models, tmp_path, capsys):
     assert not (tmp_path / "x.xyz").exists()
 
 
-def test_md_follows_the_committee_and_records_its_spread(models, tmp_path, capsys):
+def test_md_follows_the_committee_and_records_its_spread(models, model_files, tmp_path, capsys):
     from mlip.cli.main import main
 
-    paths = []
-    for k, model in enumerate(models):
-        paths.append(str(tmp_path / f"m{k}.pt"))
-        save_model(model, paths[-1])
+    paths = model_files
     start, out = tmp_path / "start.xyz", tmp_path / "md.xyz"
     ase.io.write(start, molecule())
     args = ["md", paths[0], str(start), "-o", str(out), "--device", "cpu", "--no-progress"]
@@ -252,15 +241,7 @@ def test_md_follows_the_committee_and_records_its_spread(models, tmp_path, capsy
     calc = MLIPCommitteeCalculator(models, device="cpu", dtype="float64")
     for frame in frames:  # every frame holds the committee's mean and spread at its positions
         atoms = frame.copy()
-        atoms.calc = calc
-        assert frame.info["MLIP_energy"] == pytest.approx(atoms.get_potential_energy(), abs=1e-6)
-        np.testing.assert_allclose(frame.arrays["MLIP_forces"], atoms.get_forces(), atol=1e-6)
-        assert frame.info["MLIP_energy_std"] == pytest.approx(
-            calc.get_property("energy_std", atoms), abs=1e-6
-        )
-        np.testing.assert_allclose(
-            frame.arrays["MLIP_forces_std"], calc.get_property("forces_std", atoms), atol=1e-6
-        )
+        assert_holds_the_committee(frame, atoms, calc, 1e-6)
         np.testing.assert_allclose(
             frame.info["MLIP_dipole_std"], calc.get_property("dipole_std", atoms), atol=1e-6
         )
@@ -270,13 +251,10 @@ def test_md_follows_the_committee_and_records_its_spread(models, tmp_path, capsy
     assert np.ptp(potential) > 1e-2 and np.ptp(total) < 0.01 * np.ptp(potential)
 
 
-def test_md_stops_at_the_first_step_the_spread_exceeds_the_limit(models, tmp_path, capsys):
+def test_md_stops_at_the_first_step_the_spread_exceeds_the_limit(models, model_files, tmp_path, capsys):
     from mlip.cli.main import main
 
-    paths = []
-    for k, model in enumerate(models):
-        paths.append(str(tmp_path / f"m{k}.pt"))
-        save_model(model, paths[-1])
+    paths = model_files
     start = tmp_path / "start.xyz"
     ase.io.write(start, molecule())
 
