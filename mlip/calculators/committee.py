@@ -96,19 +96,28 @@ class MLIPCommitteeCalculator(Calculator):
             runs.append(member.results)
         results: dict[str, Any] = {}
         for name, value in runs[0].items():
-            stack = np.stack([np.asarray(run[name], dtype=np.float64) for run in runs])
-            mean = stack.mean(axis=0)
+            mean = np.mean([np.asarray(run[name], dtype=np.float64) for run in runs], axis=0)
             results[name] = float(mean) if np.ndim(value) == 0 else mean
-            if name in self.tensor_names:
-                results[f"{name}_std"] = stack.std(axis=0)
+        results.update(spreads(runs, self.tensor_names))
         if "energy" in results:
-            energies = np.array([run["energy"] for run in runs], dtype=np.float64)
-            forces = np.stack([run["forces"] for run in runs])
-            results["energy_std"] = float(energies.std())
-            results["forces_std"] = np.sqrt(((forces - forces.mean(axis=0)) ** 2).sum(axis=-1).mean(axis=0))
-            results["committee_energy"] = energies
-            results["committee_forces"] = forces
+            results["committee_energy"] = np.array([run["energy"] for run in runs], dtype=np.float64)
+            results["committee_forces"] = np.stack([run["forces"] for run in runs])
         self.results = results
+
+
+def spreads(members: Sequence[dict], tensor_names: Sequence[str]) -> dict[str, Any]:
+    """The committee's spread from each member's predictions (dicts with ``energy`` eV, ``forces``
+    ``[N, 3]`` eV/Å and tensor targets by name): ``energy_std`` (population std), per-atom
+    ``forces_std`` ``[N]`` = ``sqrt(mean_k |F_k − F̄|²)``, and ``<tensor>_std`` (element-wise) for each
+    of ``tensor_names``. Shared by the calculator and ``mlip predict --committee``."""
+    out: dict[str, Any] = {}
+    if "energy" in members[0]:
+        out["energy_std"] = float(np.std([float(m["energy"]) for m in members]))
+        forces = np.stack([np.asarray(m["forces"], dtype=np.float64) for m in members])
+        out["forces_std"] = np.sqrt(((forces - forces.mean(axis=0)) ** 2).sum(axis=-1).mean(axis=0))
+    for name in tensor_names:
+        out[f"{name}_std"] = np.std([np.asarray(m[name], dtype=np.float64) for m in members], axis=0)
+    return out
 
 
 def _name(model: str | os.PathLike | MLIPModel) -> str:

@@ -142,7 +142,7 @@ def _restart_state(path: str):
 
 def _frame(atoms, calc, step: int, timestep_fs: float):
     """A copy of ``atoms`` with momenta, step, time, temperature and the model's predictions."""
-    from mlip.cli.predict import store_predictions
+    from mlip.cli.predict import store_predictions, store_spreads
     from mlip.outputs import ENERGY, FORCES, NODE_ENERGY, STRESS
 
     frame = atoms.copy()
@@ -165,15 +165,10 @@ def _frame(atoms, calc, step: int, timestep_fs: float):
     per_atom = {s.name for s in calc.model.target_specs if s.per_atom}
     store_predictions(frame, values, per_atom)
     if hasattr(calc, "members"):  # a committee: its spread too, under the keys mlip predict writes
-        if calc.has_energy:
-            frame.info["MLIP_energy_std"] = float(calc.get_property("energy_std", atoms))
-            frame.arrays["MLIP_forces_std"] = np.asarray(calc.get_property("forces_std", atoms))
-        for name in calc.tensor_names:
-            spread = np.asarray(calc.get_property(f"{name}_std", atoms))
-            if name in per_atom:
-                frame.arrays[f"MLIP_{name}_std"] = spread.reshape(len(atoms), -1)
-            else:
-                frame.info[f"MLIP_{name}_std"] = spread.reshape(-1)
+        keys = (["energy_std", "forces_std"] if calc.has_energy else []) + [
+            f"{n}_std" for n in calc.tensor_names
+        ]
+        store_spreads(frame, {key: calc.get_property(key, atoms) for key in keys}, per_atom)
     return frame
 
 

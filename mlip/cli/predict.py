@@ -21,6 +21,7 @@ import numpy as np
 from ase.stress import full_3x3_to_voigt_6_stress
 
 from mlip.calculators.batched import predict_batches
+from mlip.calculators.committee import spreads
 from mlip.data.reading import check_structure, normalise_pbc, read_atoms
 from mlip.device import select_device
 from mlip.errors import MLIPError, where
@@ -116,7 +117,7 @@ def run_predict(
             atoms, {name: np.mean([m[name] for m in members], axis=0) for name in members[0]}, per_atom
         )
         if len(members) > 1:
-            store_spreads(atoms, members, model.tensor_target_names, per_atom)
+            store_spreads(atoms, spreads(members, model.tensor_target_names), per_atom)
     buffer = io.StringIO()
     ase.io.write(buffer, frames, format="extxyz")
     atomic_write_bytes_via(output, lambda handle: handle.write(buffer.getvalue().encode()))
@@ -144,20 +145,22 @@ def predict_all(model, frames, batch_size, device, source, progress, derivatives
     return out
 
 
-def store_spreads(atoms, members: list[dict], tensor_names, per_atom: set[str]) -> None:
-    """Write a committee's spread into ``atoms``: ``MLIP_energy_std`` (eV), ``MLIP_forces_std`` [N]
-    (eV/Å) and ``MLIP_<tensor>_std`` for every tensor target (element-wise, population std)."""
+def store_spreads(atoms, spread: dict, per_atom: set[str]) -> None:
+    """Write a committee's spread (from :func:`mlip.calculators.committee.spreads`, or the committee
+    calculator's properties of the same names) into ``atoms``: ``MLIP_energy_std`` (info, eV),
+    ``MLIP_forces_std`` (arrays, [N] eV/Å) and ``MLIP_<tensor>_std`` (arrays for per-atom targets in
+    ``per_atom``, else info). Shared by ``mlip predict`` and ``mlip md``."""
     n = len(atoms)
-    if ENERGY in members[0]:
-        atoms.info[P + "energy_std"] = float(np.std([m[ENERGY] for m in members]))
-        forces = np.stack([m[FORCES].reshape(n, 3) for m in members])
-        atoms.arrays[P + "forces_std"] = np.sqrt(((forces - forces.mean(0)) ** 2).sum(-1).mean(0))
-    for name in tensor_names:
-        spread = np.std([m[name] for m in members], axis=0)
-        if name in per_atom:
-            atoms.arrays[P + name + "_std"] = spread.reshape(n, -1)
+    for key, value in spread.items():
+        value = np.asarray(value, dtype=np.float64)
+        if key == "energy_std":
+            atoms.info[P + key] = float(value)
+        elif key == "forces_std":
+            atoms.arrays[P + key] = value.reshape(n)
+        elif key[: -len("_std")] in per_atom:
+            atoms.arrays[P + key] = value.reshape(n, -1)
         else:
-            atoms.info[P + name + "_std"] = spread.reshape(-1)
+            atoms.info[P + key] = value.reshape(-1)
 
 
 def check_same_outputs(first_path: str, first, path: str, other) -> None:
