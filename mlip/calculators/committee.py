@@ -55,19 +55,8 @@ class MLIPCommitteeCalculator(Calculator):
         if isinstance(models, (str, os.PathLike, MLIPModel)) or len(models) < 2:
             raise MLIPError("a committee needs two or more models (a list of model.pt paths or models)")
         self.members = [MLIPCalculator(model, **member_kwargs) for model in models]
+        check_members([member.model for member in self.members], [_name(model) for model in models])
         first = self.members[0]
-        for k, member in enumerate(self.members[1:], start=1):
-            if member.implemented_properties != first.implemented_properties:
-                raise MLIPError(
-                    f"committee member {k} ({_name(models[k])}) predicts {member.implemented_properties}, "
-                    f"but member 0 ({_name(models[0])}) predicts {first.implemented_properties}"
-                )
-            if set(member.model.species) != set(first.model.species):
-                raise MLIPError(
-                    f"committee member {k} ({_name(models[k])}) knows elements "
-                    f"{sorted(member.model.species)}, but member 0 ({_name(models[0])}) knows "
-                    f"{sorted(first.model.species)}"
-                )
         self.tensor_names = list(first.tensor_names)
         self.has_energy = first.has_energy
         self.model = first.model  # the first member's model: its targets and elements are every member's
@@ -118,6 +107,25 @@ def spreads(members: Sequence[dict], tensor_names: Sequence[str]) -> dict[str, A
     for name in tensor_names:
         out[f"{name}_std"] = np.std([np.asarray(m[name], dtype=np.float64) for m in members], axis=0)
     return out
+
+
+def check_members(models: Sequence[MLIPModel], names: Sequence[str]) -> None:
+    """Raise a one-line error unless every committee model has the first's targets and elements;
+    ``names[k]`` is how the error names model k (its path). Shared by the calculator and
+    ``mlip predict --committee``."""
+    first = models[0]
+    targets = [spec.name for spec in first.target_specs]
+    for k, (model, name) in enumerate(zip(models[1:], names[1:]), start=1):
+        have = [spec.name for spec in model.target_specs]
+        if have != targets:
+            raise MLIPError(
+                f"committee member {k} ({name}) predicts {have}, but member 0 ({names[0]}) predicts {targets}"
+            )
+        if set(model.species) != set(first.species):
+            raise MLIPError(
+                f"committee member {k} ({name}) knows elements {sorted(model.species)}, but member 0 "
+                f"({names[0]}) knows {sorted(first.species)}"
+            )
 
 
 def _name(model: str | os.PathLike | MLIPModel) -> str:

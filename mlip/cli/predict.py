@@ -21,7 +21,7 @@ import numpy as np
 from ase.stress import full_3x3_to_voigt_6_stress
 
 from mlip.calculators.batched import predict_batches
-from mlip.calculators.committee import spreads
+from mlip.calculators.committee import check_members, spreads
 from mlip.data.reading import check_structure, normalise_pbc, read_atoms
 from mlip.device import select_device
 from mlip.errors import MLIPError, where
@@ -96,8 +96,7 @@ def run_predict(
     paths = [model_path, *committee]
     models = [load_model(p, dev, torch.float64 if dtype == "float64" else torch.float32) for p in paths]
     model = models[0]
-    for path, other in zip(paths[1:], models[1:]):
-        check_same_outputs(paths[0], model, path, other)
+    check_members(models, paths)
     for name in derivatives:
         derivative_source(model, name)  # the model has the dipole / polarizability, else one line
     frames = read_atoms(data_path)
@@ -161,16 +160,3 @@ def store_spreads(atoms, spread: dict, per_atom: set[str]) -> None:
             atoms.arrays[P + key] = value.reshape(n, -1)
         else:
             atoms.info[P + key] = value.reshape(-1)
-
-
-def check_same_outputs(first_path: str, first, path: str, other) -> None:
-    """Raise a one-line error unless two committee models have the same targets and elements."""
-    names = [s.name for s in first.target_specs]
-    if [s.name for s in other.target_specs] != names:
-        have = [s.name for s in other.target_specs]
-        raise MLIPError(f"{path}: committee model predicts {have}, but {first_path} predicts {names}")
-    if set(other.species) != set(first.species):
-        raise MLIPError(
-            f"{path}: committee model knows elements {sorted(other.species)}, but {first_path} knows "
-            f"{sorted(first.species)}"
-        )

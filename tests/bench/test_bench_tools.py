@@ -441,3 +441,18 @@ def test_a_worker_can_run_another_checkout_for_side_by_side_timing(tmp_path):
     finally:
         worker.close()
     assert reply == {"script": str(script), "path0": str(tmp_path)}
+
+
+def test_model_cost_times_a_committee_as_the_sum_of_its_members_per_round(monkeypatch, capsys):
+    """``model_cost.py --committee``: a committee's time in a round is its members' times added;
+    a committee naming an unknown model is refused before any worker starts."""
+    import model_cost
+
+    per_round = {"a": [1.0, 2.0, 3.0], "b": [0.5, 0.5, 4.0], "mace": [9.0, 9.0, 9.0]}
+    assert model_cost.committee_per_round(per_round, ["a", "b"]) == [1.5, 2.5, 7.0]
+    assert model_cost.committee_per_round(per_round, ["a", "a", "b"]) == [2.5, 4.5, 10.0]
+    argv = ["model_cost.py", "--data", "x.xyz", "--model", "a=a.pt", "--committee", "c=a+zz"]
+    monkeypatch.setattr(sys, "argv", argv)
+    with pytest.raises(SystemExit):
+        model_cost.main()
+    assert "--committee c names no model: zz" in capsys.readouterr().err
