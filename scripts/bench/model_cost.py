@@ -96,13 +96,16 @@ def main() -> int:
             p.error(f"--committee {name}: its members were timed on different atom counts")
         per_round[name] = committee_per_round(per_round, members)
         atoms[name] = atoms[members[0]]
+    codes = {**{name: "mlip" for name in models}, **{name: "mace" for name in mace}}
+    for name, members in committees.items():
+        codes[name] = "+".join(sorted({codes[m] for m in members}))  # e.g. "mace" for a MACE committee
     first = next(iter(models))
     relative = ratios(per_round, ref=first)
     out = {}
     for k, times in per_round.items():
         ratio = relative.get(k, {"median": 1.0, "min": 1.0, "max": 1.0})
         out[k] = {
-            "code": "mace" if k in mace else "mlip",
+            "code": codes[k],
             "model_path": paths.get(k),
             "committee": committees.get(k),
             "mlip_source": os.path.abspath(sources[k]) if k in sources else None,
