@@ -36,8 +36,9 @@ from mlip.calculators.ase_calculator import MLIPCalculator
 from mlip.errors import MLIPError
 from mlip.model.potential import MLIPModel
 
-# The extra results of a committee of energy models (module docstring).
-_ENERGY_SPREADS = ["energy_std", "forces_std", "committee_energy", "committee_forces"]
+# The extra results of a committee of energy models (module docstring), besides <tensor>_std.
+_ENERGY_SPREADS = ["energy_std", "forces_std"]
+_MEMBER_RESULTS = ["committee_energy", "committee_forces"]
 
 
 class MLIPCommitteeCalculator(Calculator):
@@ -60,8 +61,12 @@ class MLIPCommitteeCalculator(Calculator):
         self.tensor_names = list(first.tensor_names)
         self.has_energy = first.has_energy
         self.model = first.model  # the first member's model: its targets and elements are every member's
-        spreads = (_ENERGY_SPREADS if first.has_energy else []) + [f"{n}_std" for n in self.tensor_names]
-        self.implemented_properties = list(first.implemented_properties) + spreads
+        # The spread results, in the order of :func:`spreads` (``mlip md`` writes these).
+        self.spread_names = (_ENERGY_SPREADS if first.has_energy else []) + [
+            f"{n}_std" for n in self.tensor_names
+        ]
+        members = _MEMBER_RESULTS if first.has_energy else []
+        self.implemented_properties = list(first.implemented_properties) + self.spread_names + members
 
     @property
     def electric_field(self) -> np.ndarray | None:

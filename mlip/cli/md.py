@@ -165,10 +165,7 @@ def _frame(atoms, calc, step: int, timestep_fs: float):
     per_atom = {s.name for s in calc.model.target_specs if s.per_atom}
     store_predictions(frame, values, per_atom)
     if hasattr(calc, "members"):  # a committee: its spread too, under the keys mlip predict writes
-        keys = (["energy_std", "forces_std"] if calc.has_energy else []) + [
-            f"{n}_std" for n in calc.tensor_names
-        ]
-        store_spreads(frame, {key: calc.get_property(key, atoms) for key in keys}, per_atom)
+        store_spreads(frame, {key: calc.get_property(key, atoms) for key in calc.spread_names}, per_atom)
     return frame
 
 
