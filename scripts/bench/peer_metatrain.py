@@ -367,7 +367,7 @@ def cmd_train(args: argparse.Namespace) -> None:
         "snapshots": writer.entries,
         "snapshot_rule": "best-validation model so far (metatrain's best_model_state_dict)",
     }
-    if writer.entries:
+    if writer.entries and "test" in writer.entries[-1]["files"]:  # none with --no-test
         shutil.copy(writer.entries[-1]["files"]["test"], os.path.join(out, "test_predictions.npz"))
     calc = load_calculator(model_path, "cpu")
     result["n_params"] = sum(p.numel() for p in calc._model.parameters())
