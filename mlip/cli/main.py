@@ -99,6 +99,39 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     p = sub.add_parser(
+        "select",
+        help="the structures a committee disagrees on most, to label next (query by committee)",
+        description="Score every structure of POOL by a committee's spread (largest per-atom force "
+        "spread, eV/Å, or energy spread per atom) and write the highest-scoring ones within "
+        "[--lower, --upper) to OUT for labelling. Spreads come from --models, or from the MLIP_*_std "
+        "keys that mlip predict/md --committee wrote into POOL.",
+    )
+    p.add_argument("pool", help="candidate structures (extxyz or any ASE format)")
+    p.add_argument("-o", "--output", required=True, help="output extxyz file (the chosen structures)")
+    p.add_argument("-n", "--count", type=int, default=None, help="at most this many (default: all)")
+    p.add_argument(
+        "--models",
+        nargs="+",
+        metavar="MODEL",
+        default=(),
+        help="two or more models (e.g. seeds of one config); default: read the spread from POOL",
+    )
+    p.add_argument("--by", default="forces", choices=["forces", "energy"], help="score (default forces)")
+    p.add_argument("--lower", type=float, default=0.0, help="smallest score kept (trust level low)")
+    p.add_argument("--upper", type=float, default=float("inf"), help="scores from here up are left out")
+    p.add_argument(
+        "--min-separation",
+        type=int,
+        default=0,
+        metavar="K",
+        help="chosen structures at least K positions apart in POOL (neighbouring MD frames)",
+    )
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--dtype", default="float64", choices=["float32", "float64"])
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+    p = sub.add_parser(
         "md",
         help="molecular dynamics recording energy, forces and every tensor target (extxyz frames)",
         description="Molecular dynamics with an mlip model. Every --record-every steps an extxyz frame "
@@ -303,6 +336,23 @@ def main(argv: list[str] | None = None) -> int:
                     )
                     if wanted
                 ],
+            )
+        elif args.command == "select":
+            from mlip.cli.select import run_select
+
+            run_select(
+                args.pool,
+                args.output,
+                args.count,
+                models=args.models,
+                by=args.by,
+                lower=args.lower,
+                upper=args.upper,
+                min_separation=args.min_separation,
+                batch_size=args.batch_size,
+                device=args.device,
+                dtype=args.dtype,
+                progress=not args.no_progress,
             )
         elif args.command == "md":
             from mlip.cli.md import run_md

@@ -90,26 +90,13 @@ def run_predict(
     ``MLIP_forces_std`` (arrays, per atom ``sqrt(mean_k |F_k − F̄|²)``, eV/Å) and
     ``MLIP_<tensor>_std`` (element-wise) their spread, as :mod:`mlip.calculators.committee` defines.
     """
-    import torch
-
+    check_writable(output)  # before any compute
     dev = select_device(device)
-    paths = [model_path, *committee]
-    models = [load_model(p, dev, torch.float64 if dtype == "float64" else torch.float32) for p in paths]
+    models, frames, runs = predict_committee(
+        [model_path, *committee], data_path, batch_size, dev, dtype, progress, derivatives
+    )
     model = models[0]
-    check_members(models, paths)
-    for name in derivatives:
-        derivative_source(model, name)  # the model has the dipole / polarizability, else one line
-    frames = read_atoms(data_path)
-    # Fail fast, before any compute: every structure valid, output location writable.
-    known = set(model.species)
-    for i, atoms in enumerate(frames):
-        check_structure(normalise_pbc(atoms), where(data_path, i), allowed_numbers=known)
-    check_writable(output)
-    per_atom = {s.name for s in model.target_specs if s.per_atom} | set(derivatives)
-    # runs[k][i]: model k's predictions for structure i (numpy, float64).
-    runs = [
-        predict_all(m, frames, batch_size, dev, data_path, progress, derivatives, per_atom) for m in models
-    ]
+    per_atom = per_atom_names(model, derivatives)
     for i, atoms in enumerate(frames):
         members = [run[i] for run in runs]
         store_predictions(
@@ -122,6 +109,43 @@ def run_predict(
     atomic_write_bytes_via(output, lambda handle: handle.write(buffer.getvalue().encode()))
     what = f" (mean and spread of a committee of {len(models)} models)" if len(models) > 1 else ""
     print(f"mlip: wrote predictions{what} for {len(frames)} structures to {output}")
+
+
+def per_atom_names(model, derivatives=()) -> set[str]:
+    """Targets (and requested derivatives) stored per atom rather than per structure."""
+    return {s.name for s in model.target_specs if s.per_atom} | set(derivatives)
+
+
+def predict_committee(
+    paths: list[str],
+    data_path: str,
+    batch_size: int,
+    device,
+    dtype: str,
+    progress: bool,
+    derivatives: tuple[str, ...] | list[str] = (),
+) -> tuple[list, list, list[list[dict]]]:
+    """Load the models of ``paths`` (one, or a committee), read and check every structure of
+    ``data_path``, and predict them all: ``(models, structures, runs)`` with ``runs[k][i]`` model
+    k's predictions for structure i (numpy float64). Checks run before any compute: the members
+    agree (targets, elements), the derivatives exist, every structure is valid. Shared by
+    ``mlip predict`` and ``mlip select``."""
+    import torch
+
+    models = [load_model(p, device, torch.float64 if dtype == "float64" else torch.float32) for p in paths]
+    model = models[0]
+    check_members(models, paths)
+    for name in derivatives:
+        derivative_source(model, name)  # the model has the dipole / polarizability, else one line
+    frames = read_atoms(data_path)
+    known = set(model.species)
+    for i, atoms in enumerate(frames):
+        check_structure(normalise_pbc(atoms), where(data_path, i), allowed_numbers=known)
+    per_atom = per_atom_names(model, derivatives)
+    runs = [
+        predict_all(m, frames, batch_size, device, data_path, progress, derivatives, per_atom) for m in models
+    ]
+    return models, frames, runs
 
 
 def predict_all(model, frames, batch_size, device, source, progress, derivatives, per_atom) -> list[dict]:

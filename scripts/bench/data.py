@@ -143,13 +143,16 @@ def prepare(
     seed: int = 0,
     smoke: int | None = None,
     acac_train: int = ACAC_TRAIN,
+    acac_add: tuple[int, ...] | list[int] = (),
 ) -> dict:
     """Write train/valid/test files of every task under ``work/data``; returns their description.
 
     ``n_train``/``n_valid`` apply to ethanol (drawn from the 1000 structures of
     data/ethanol/train.xyz); ``acac_train`` keeps only the first that many of acetylacetone's 400
     training structures (the same validation and test sets: a smaller-data version of the task,
-    small enough for every code to approach convergence on a CPU); the other splits are fixed
+    small enough for every code to approach convergence on a CPU), and ``acac_add`` adds those
+    of the other training structures (positions ``acac_train..399`` of the 400; e.g. chosen by
+    ``mlip select`` from the rest, for an active-learning arm); the other splits are fixed
     (see the module docstring). ``seed`` is the
     *split* seed, not the training seed. ``smoke``: keep only the first ``smoke`` structures of
     every file (train, valid and test; for testing the tooling, never for results).
@@ -163,6 +166,7 @@ def prepare(
         "version": SPLIT_VERSION,
         "smoke": smoke,
         "acac_train": acac_train,
+        "acac_add": sorted(int(i) for i in acac_add),
     }
     if os.path.exists(meta_path):
         meta = read_json(meta_path)
@@ -216,13 +220,18 @@ def prepare(
     # acetylacetone: 300 K set split 400/50/50, the 600 K set as out-of-distribution test
     if not 1 <= acac_train <= ACAC_TRAIN:
         raise ValueError(f"acac_train must be 1..{ACAC_TRAIN}, got {acac_train}")
+    added = sorted(int(i) for i in acac_add)
+    if len(set(added)) != len(added) or any(not acac_train <= i < ACAC_TRAIN for i in added):
+        raise ValueError(f"acac_add: distinct positions in {acac_train}..{ACAC_TRAIN - 1}, got {added}")
     perm = rng.permutation(500)
     frames = _read(repo, "data/acac/train_300K.xyz", _labels_energy, perm)
     ood = _read(repo, "data/acac/train_600K.xyz", _labels_energy)
     first = f"{ACAC_TRAIN}" if acac_train == ACAC_TRAIN else f"first {acac_train} of {ACAC_TRAIN}"
+    if added:
+        first += f" + {len(added)} of the others: {','.join(map(str, added))}"
     write(
         "acac",
-        frames[:acac_train],
+        frames[:acac_train] + [frames[i] for i in added],
         frames[ACAC_TRAIN : ACAC_TRAIN + 50],
         {"test": frames[ACAC_TRAIN + 50 :], "test_600K": ood},
         f"data/acac/train_300K.xyz ({first}/50/50, seeded); OOD test: data/acac/train_600K.xyz (500)",

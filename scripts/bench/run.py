@@ -168,7 +168,14 @@ def prepare_splits(args) -> dict:
     from data import prepare
 
     return prepare(
-        REPO, args.work_dir, args.n_train, args.n_valid, args.split_seed, args.smoke, args.acac_train
+        REPO,
+        args.work_dir,
+        args.n_train,
+        args.n_valid,
+        args.split_seed,
+        args.smoke,
+        args.acac_train,
+        args.acac_add,
     )
 
 
@@ -658,6 +665,13 @@ def main(argv: list[str] | None = None) -> int:
         help=f"acetylacetone: keep the first N of the {ACAC_TRAIN} training structures "
         "(same validation and test sets)",
     )
+    g.add_argument(
+        "--acac-add",
+        default="",
+        metavar="I,J,...",
+        help="acetylacetone: also train on these of the other training structures (positions "
+        "--acac-train..399, e.g. from mlip select: an active-learning arm)",
+    )
     g = p.add_argument_group("2. inference")
     g.add_argument("--dtypes", default="float32", help="float32 and/or float64, comma-separated")
     g.add_argument("--molecule-batches", default=None, help="ethanol batch sizes, e.g. 1,32")
@@ -699,6 +713,12 @@ def main(argv: list[str] | None = None) -> int:
         p.error(
             f"--acac-train {args.acac_train}: acetylacetone has {ACAC_TRAIN} training structures "
             f"(1..{ACAC_TRAIN})"
+        )
+    args.acac_add = [int(i) for i in args.acac_add.split(",") if i.strip()]
+    bad = [i for i in args.acac_add if not args.acac_train <= i < ACAC_TRAIN]
+    if bad or len(set(args.acac_add)) != len(args.acac_add):
+        p.error(
+            f"--acac-add: distinct positions in {args.acac_train}..{ACAC_TRAIN - 1} (got {bad or 'repeats'})"
         )
     args.dtypes = [d.strip() for d in args.dtypes.split(",") if d.strip()]
     ints = lambda s: [int(x) for x in s.split(",") if x.strip()]  # noqa: E731

@@ -336,6 +336,15 @@ def test_a_smaller_acac_training_set_keeps_the_same_validation_and_test_sets(tmp
     assert "first 5 of 400" in small["source"] and "of 400" not in full["source"]
     with pytest.raises(ValueError, match="acac_train"):
         prepare(str(ROOT), str(tmp_path / "bad"), smoke=8, acac_train=401)
+    # an active-learning arm: the first 5 plus two chosen from the rest (positions in the 400)
+    more = prepare(str(ROOT), str(tmp_path / "more"), smoke=8, acac_train=5, acac_add=[7, 6])["tasks"]["acac"]
+    expected = positions(full["train"])[:5] + positions(full["train"])[6:8]
+    assert more["n_train"] == 7
+    assert all(np.array_equal(a, b) for a, b in zip(positions(more["train"]), expected, strict=True))
+    assert "first 5 of 400 + 2 of the others: 6,7" in more["source"]
+    for bad in ([4], [6, 6], [400]):
+        with pytest.raises(ValueError, match="acac_add"):
+            prepare(str(ROOT), str(tmp_path / "bad2"), smoke=8, acac_train=5, acac_add=bad)
 
 
 def test_committee_removes_the_independent_part_of_the_seeds_errors():
@@ -396,6 +405,9 @@ def test_run_refuses_an_unknown_task_in_one_line(capsys, monkeypatch):
     with pytest.raises(SystemExit):
         run.main(["curves", "--tasks", "acac", "--acac-train", "500"])
     assert "--acac-train 500: acetylacetone has 400 training structures (1..400)" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        run.main(["curves", "--tasks", "acac", "--acac-train", "100", "--acac-add", "150,99"])
+    assert "--acac-add: distinct positions in 100..399 (got [99])" in capsys.readouterr().err
 
 
 def test_final_snapshot_is_found_in_curves_or_in_a_flat_results_folder(tmp_path):
