@@ -124,17 +124,21 @@ def predict_committee(
     dtype: str,
     progress: bool,
     derivatives: tuple[str, ...] | list[str] = (),
+    require_energy: str | None = None,
 ) -> tuple[list, list, list[list[dict]]]:
     """Load the models of ``paths`` (one, or a committee), read and check every structure of
     ``data_path``, and predict them all: ``(models, structures, runs)`` with ``runs[k][i]`` model
     k's predictions for structure i (numpy float64). Checks run before any compute: the members
-    agree (targets, elements), the derivatives exist, every structure is valid. Shared by
+    agree (targets, elements), the derivatives exist, the models predict energies where
+    ``require_energy`` (the reason, for the message) is given, every structure is valid. Shared by
     ``mlip predict`` and ``mlip select``."""
     import torch
 
     models = [load_model(p, device, torch.float64 if dtype == "float64" else torch.float32) for p in paths]
     model = models[0]
     check_members(models, paths)
+    if require_energy and not model.has_energy:
+        raise MLIPError(f"{paths[0]}: the model predicts no energy, so there is no {require_energy}")
     for name in derivatives:
         derivative_source(model, name)  # the model has the dipole / polarizability, else one line
     frames = read_atoms(data_path)

@@ -118,9 +118,9 @@ def run_select(
     check_writable(output)
     if models:
         dev = select_device(device)
-        loaded, frames, runs = predict_committee(list(models), pool, batch_size, dev, dtype, progress)
-        if not loaded[0].has_energy:
-            raise MLIPError(f"{models[0]}: the models predict no energy, so there is no {by} spread")
+        loaded, frames, runs = predict_committee(
+            list(models), pool, batch_size, dev, dtype, progress, require_energy=f"{by} spread"
+        )
         tensor_names = loaded[0].tensor_target_names
         scores = np.array(
             [

@@ -14,6 +14,8 @@ from ase import Atoms
 from mlip.cli.main import main
 from mlip.cli.select import choose
 from mlip.errors import MLIPError
+from mlip.model.potential import save_model
+from tests.calculators.test_born_charges import TARGETS, tensor_model
 from tests.calculators.test_committee import model_files, models, molecule  # noqa: F401 (fixtures)
 
 
@@ -93,7 +95,11 @@ def test_select_errors_are_one_line(model_files, tmp_path, capsys):  # noqa: F81
     data = tmp_path / "pool.xyz"
     ase.io.write(data, pool(3))
     out = str(tmp_path / "out.xyz")
+    dipole_only = [str(tmp_path / f"dipole{k}.pt") for k in range(2)]
+    for k, path in enumerate(dipole_only):
+        save_model(tensor_model([t for t in TARGETS if t["name"] == "dipole"], seed=k), path)
     cases = [
+        (["select", str(data), "-o", out, "--models", *dipole_only], r"dipole0\.pt: the model predicts no"),
         (
             ["select", str(data), "-o", out],
             r"pool\.xyz, structure 0, key 'MLIP_forces_std': no committee spread",
