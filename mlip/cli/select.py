@@ -64,6 +64,16 @@ def scores_from_file(frames: list, by: str, source: str) -> np.ndarray:
     return out
 
 
+def check_choice(count: int | None, lower: float, upper: float, min_separation: int) -> None:
+    """One-line errors for choice settings that cannot work (run before any compute)."""
+    if count is not None and count < 1:
+        raise MLIPError(f"-n must be at least 1, got {count}")
+    if not lower < upper:
+        raise MLIPError(f"--lower ({lower}) must be below --upper ({upper})")
+    if min_separation < 0:
+        raise MLIPError(f"--min-separation must be 0 or more, got {min_separation}")
+
+
 def choose(
     scores: np.ndarray,
     count: int | None,
@@ -75,10 +85,7 @@ def choose(
     ``lower <= score < upper`` (non-finite scores never), each at least ``min_separation`` positions
     from every index already chosen, at most ``count`` of them (None: all that qualify). Ties go
     to the earlier structure."""
-    if count is not None and count < 1:
-        raise MLIPError(f"-n must be at least 1, got {count}")
-    if min_separation < 0:
-        raise MLIPError(f"--min-separation must be 0 or more, got {min_separation}")
+    check_choice(count, lower, upper, min_separation)
     scores = np.asarray(scores, dtype=np.float64)
     eligible = np.isfinite(scores) & (scores >= lower) & (scores < upper)
     order = sorted(np.flatnonzero(eligible), key=lambda i: (-scores[i], i))
@@ -111,20 +118,18 @@ def run_select(
     return their indices. Nothing is written when no structure qualifies."""
     if by not in SCORES:
         raise MLIPError(f"--by must be one of {', '.join(SCORES)}, got {by!r}")
-    if not lower < upper:
-        raise MLIPError(f"--lower ({lower}) must be below --upper ({upper})")
+    check_choice(count, lower, upper, min_separation)
     if models and len(models) < 2:
         raise MLIPError("--models needs two or more models (a committee) to measure a spread")
     check_writable(output)
     if models:
         dev = select_device(device)
-        loaded, frames, runs = predict_committee(
+        _, frames, runs = predict_committee(
             list(models), pool, batch_size, dev, dtype, progress, require_energy=f"{by} spread"
         )
-        tensor_names = loaded[0].tensor_target_names
         scores = np.array(
-            [
-                score_from_spreads(spreads([run[i] for run in runs], tensor_names), len(atoms), by)
+            [  # energy and force spreads only: no tensor spreads are needed for the score
+                score_from_spreads(spreads([run[i] for run in runs], ()), len(atoms), by)
                 for i, atoms in enumerate(frames)
             ]
         )

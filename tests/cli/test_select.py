@@ -106,6 +106,7 @@ def test_select_errors_are_one_line(model_files, tmp_path, capsys):  # noqa: F81
         ),
         (["select", str(data), "-o", out, "--models", model_files[0]], "two or more models"),
         (["select", str(data), "-o", out, "--lower", "1", "--upper", "0.5"], "must be below --upper"),
+        (["select", str(data), "-o", out, "-n", "0"], "-n must be at least 1"),  # before reading
         (["select", str(data), "-o", str(tmp_path / "no" / "x.xyz")], "cannot write"),
     ]
     for argv, message in cases:
